@@ -15,6 +15,8 @@ A checkpoint is a plain dict of tensors and plain Python values (no pickled clas
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,15 +110,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"not a file: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols on foreign files; our error says it better.
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc):
+        blocked = re.search(r"GLOBAL (\S+)", str(exc))
+        if blocked:
             raise CheckpointError(
-                f"{path}: refused to load: it holds pickled objects that are not tensors or "
-                "plain values (possibly code); robustkit checkpoints never do"
+                f"{path}: refused to load: it holds a pickled object ({blocked.group(1)}) that "
+                "is not a tensor or plain value, possibly code; robustkit checkpoints never do"
             ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{path}: not a robustkit checkpoint (unreadable or unsupported pickle data)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
