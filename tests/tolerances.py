@@ -14,3 +14,7 @@ ATOL_FD = 1e-7
 # float32 comparisons (fast path vs reference in single precision).
 RTOL_F32 = 1e-5
 ATOL_F32 = 1e-6
+# Statistical tests of stochastic estimators (fixed seeds): |estimate - exact| < Z * stderr.
+STDERR_Z = 4.0
+# Power iteration run to a tight tolerance, compared with dense float64 eigenvalues.
+RTOL_POWER = 1e-6
