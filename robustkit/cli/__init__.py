@@ -19,6 +19,7 @@ from robustkit import __version__
 # command name -> (module, attribute). Keep sorted by name.
 _COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("robustkit.cli.listing", "datasets_command"),
+    "info": ("robustkit.cli.info", "info_command"),
     "models": ("robustkit.cli.listing", "models_command"),
     "noise-sweep": ("robustkit.cli.sweep", "noise_sweep_command"),
     "perturb": ("robustkit.cli.perturb", "perturb_command"),
@@ -29,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 _SHORT_HELP: dict[str, str] = {
     "datasets": "List the registered data sets with sizes and shapes.",
+    "info": "Show torch, CUDA, visible devices and the data/run paths robustkit sees.",
     "models": "List the registered models.",
     "noise-sweep": "Train a grid of optimisers x label-noise rates x seeds (resumable).",
     "perturb": "Adversarial and random weight perturbation of trained checkpoints.",
