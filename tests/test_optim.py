@@ -466,3 +466,23 @@ def test_sgd_is_one_pass():
     opt.step(closure)
     assert len(calls) == 1
     assert isinstance(opt, SharpnessAware) and opt.geometry is None
+
+
+def test_bf16_autocast_without_scaler_steps_in_float32_weights():
+    model = _net(dtype=torch.float32, bn=False)
+    x, y = _batch(dtype=torch.float32)
+    opt = build_optimizer("fsam", model)
+    w0 = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.isfinite(loss)
+    for p, w in zip(model.parameters(), w0):
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+        assert not torch.equal(p.detach(), w)

@@ -295,3 +295,9 @@ def test_corrupt_resume_point_is_a_clean_error(tmp_path):
     last.write_bytes(last.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         train(config, tmp_path / "run", resume=True)
+
+
+def test_amp_bf16_run_completes(tmp_path):
+    result = train(_small(epochs=1, amp=True), tmp_path / "run")
+    assert result.status == "completed"
+    assert 0.0 <= result.record["final_test_acc"] <= 1.0
