@@ -68,9 +68,9 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor | None = None, padding: i
     if flip is not None:
         # Mirroring the crop is reading its columns right to left.
         cols = torch.where(flip.to(device=device, dtype=torch.bool)[:, None], cols.flip(1), cols)
-    batch = torch.arange(b, device=device)[:, None, None, None]
-    channel = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    # Two gathers (rows, then columns) are ~2x faster than one 4-index advanced indexing.
+    picked_rows = torch.gather(padded, 2, rows[:, None, :, None].expand(b, c, h, padded.shape[3]))
+    return torch.gather(picked_rows, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 class DeviceBatches:
