@@ -33,7 +33,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--inner", type=int, default=20, help="optimiser-only repeats per sample")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, 32, 32, generator=gen).to(device)
@@ -74,11 +78,11 @@ def main() -> None:
             if key in opt_times:  # gradients are present after the full step
                 _sync(device)
                 t0 = time.perf_counter()
-                for _ in range(5):
+                for _ in range(args.inner):
                     optimiser_only(model, opt)
                 _sync(device)
                 if rep >= args.warmup:
-                    opt_times[key].append((time.perf_counter() - t0) / 5)
+                    opt_times[key].append((time.perf_counter() - t0) / args.inner)
 
     sgd = statistics.median(times[("sgd", True)])
     print(
