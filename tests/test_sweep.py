@@ -207,7 +207,7 @@ def test_cifar10_experiment_file_is_the_papers_study():
         ({"overrides": [Override("sam", rate=0.8)]}, "neither rho nor eta"),
         ({"workers": 0}, "workers"),
         ({"workers": "many"}, "workers"),
-        ({"executor": "ray"}, "unknown executor"),
+        ({"executor": "dask"}, "unknown executor"),
         ({"train": {"seed": 1}}, "set per run"),
         ({"train": {"epochz": 1}}, "unknown training setting"),
     ],

@@ -10,7 +10,6 @@ or 2, never a traceback.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 import click
 
@@ -46,10 +45,10 @@ class LazyGroup(click.Group):
     """A group that imports a command's module only when the command is used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name in _COMMANDS if _available(name))
+        return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in _COMMANDS or not _available(cmd_name):
+        if cmd_name not in _COMMANDS:
             return None
         module_name, attr = _COMMANDS[cmd_name]
         return getattr(importlib.import_module(module_name), attr)
@@ -59,12 +58,6 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
-
-
-def _available(name: str) -> bool:
-    """A command is listed only once its module exists (commands land issue by issue)."""
-    module_name, _ = _COMMANDS[name]
-    return importlib.util.find_spec(module_name) is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

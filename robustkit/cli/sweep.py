@@ -151,6 +151,134 @@ def _join(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+# --ray-* / --slurm-* option name -> (executor, keyword of its class).
+_EXECUTOR_OPTIONS: dict[str, tuple[str, str]] = {
+    "ray_address": ("ray", "address"),
+    "ray_gpus_per_run": ("ray", "gpus_per_run"),
+    "ray_cpus_per_run": ("ray", "cpus_per_run"),
+    "ray_num_cpus": ("ray", "num_cpus"),
+    "ray_ship_results": ("ray", "ship_results"),
+    "slurm_partition": ("slurm", "partition"),
+    "slurm_time": ("slurm", "time"),
+    "slurm_mem": ("slurm", "mem"),
+    "slurm_gpus_per_run": ("slurm", "gpus_per_run"),
+    "slurm_cpus_per_run": ("slurm", "cpus_per_run"),
+    "slurm_cluster": ("slurm", "cluster"),
+}
+
+
+def _executor_options(func):
+    """The options of the Ray and Slurm executors (used only with their ``--executor``)."""
+    options = [
+        click.option(
+            "--ray-address",
+            default=None,
+            metavar="ADDRESS",
+            help="Ray cluster to join (auto, HOST:6379, ray://HOST:10001) [default: start a "
+            "local Ray instance]. The sweep directory must be on storage every node sees at "
+            "the same path, unless --ray-ship-results.",
+        ),
+        click.option(
+            "--ray-gpus-per-run",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="GPUs per run on a cluster with GPUs; a fraction (0.5) puts runs on one GPU "
+            "together [default: 1].",
+        ),
+        click.option(
+            "--ray-cpus-per-run",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="CPUs per run (and its torch threads).",
+        ),
+        click.option(
+            "--ray-num-cpus",
+            type=click.IntRange(min=1),
+            default=None,
+            help="CPUs of the local Ray instance [default: all].",
+        ),
+        click.option(
+            "--ray-ship-results",
+            is_flag=True,
+            help="Nodes share no storage with this machine: each run trains in a temporary "
+            "directory on its node and its files are sent back and written into OUT here.",
+        ),
+        click.option(
+            "--slurm-partition", default=None, help="Slurm partition [default: the cluster's]."
+        ),
+        click.option(
+            "--slurm-time",
+            default="24:00:00",
+            show_default=True,
+            help="Time limit per run (Slurm syntax: minutes, HH:MM:SS, D-HH:MM:SS).",
+        ),
+        click.option(
+            "--slurm-mem", default=None, help="Memory per run, e.g. 32G [default: the partition's]."
+        ),
+        click.option(
+            "--slurm-gpus-per-run",
+            type=click.IntRange(min=0),
+            default=1,
+            show_default=True,
+            help="GPUs per run (0: train on CPUs).",
+        ),
+        click.option(
+            "--slurm-cpus-per-run",
+            type=click.IntRange(min=1),
+            default=2,
+            show_default=True,
+            help="CPUs per run (and its torch threads).",
+        ),
+        click.option(
+            "--slurm-cluster",
+            type=click.Choice(["slurm", "local", "debug"]),
+            default="slurm",
+            show_default=True,
+            help="local / debug: run the array job through submitit on this machine (tests).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _pop_executor_options(ctx: click.Context, opts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Take the ``--ray-*``/``--slurm-*`` options out of ``opts``: ``{executor: {kw: value}}``.
+
+    Only the options given (not defaults) are returned, so each executor keeps its own defaults.
+    """
+    chosen: dict[str, dict[str, Any]] = {"ray": {}, "slurm": {}}
+    for name, (executor, keyword) in _EXECUTOR_OPTIONS.items():
+        value = opts.pop(name)
+        if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT):
+            chosen[executor][keyword] = value
+    return chosen
+
+
+def _build_executor(sweep: SweepConfig, chosen: dict[str, dict[str, Any]]):
+    """The executor object for ``sweep.executor`` (``None``: run_sweep's local default).
+
+    Raises:
+        click.BadParameter: A ``--ray-*`` / ``--slurm-*`` option given for another executor.
+    """
+    from robustkit.sweep.executors import make_executor
+
+    for executor, options in chosen.items():
+        if options and sweep.executor != executor:
+            flag = "--" + f"{executor}_{next(iter(options))}".replace("_", "-")
+            raise click.BadParameter(
+                f"{flag} is an option of --executor {executor} (this sweep runs with "
+                f"{sweep.executor!r})",
+                param_hint="--executor",
+            )
+    if sweep.executor == "local":
+        return None
+    # A remote executor's "auto" is no cap: the cluster's resources limit the runs at once.
+    workers = None if sweep.workers == "auto" else int(sweep.workers)
+    return make_executor(sweep.executor, workers, **chosen[sweep.executor])
+
+
 @click.command("noise-sweep")
 @click.option(
     "--config",
@@ -210,11 +338,13 @@ def _join(values) -> str:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local"]),
+    type=click.Choice(["local", "ray", "slurm"]),
     default=_DEFAULT.executor,
     show_default=True,
-    help="Where runs execute.",
+    help="Where runs execute: this machine; a Ray cluster (pip install 'robustkit[ray]'); "
+    "a Slurm array job (pip install 'robustkit[slurm]', from a login node).",
 )
+@_executor_options
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -242,6 +372,10 @@ def noise_sweep_command(
     an existing OUT adds its new runs; runs that would not be comparable (other shared
     settings, another rho) are refused before anything starts.
 
+    --executor ray runs each run as a Ray task (a local Ray instance, or --ray-address);
+    --executor slurm submits one Slurm array job from a login node (logs in OUT/slurm/).
+    Failed runs, retries and resume behave the same with every executor.
+
     Writes OUT/sweep.toml, OUT/results.csv, OUT/table.md, OUT/table.tex and
     OUT/figures/noise_curve.png|pdf. Exit status 3 when some runs failed (their errors are in
     OUT/<run-id>/error.txt; rerunning retries them); diverged runs are results, not failures.
@@ -250,6 +384,7 @@ def noise_sweep_command(
     from robustkit.sweep.grid import check_existing_runs, dumps_toml, resolve_sweep
 
     with user_errors():
+        executor_options = _pop_executor_options(ctx, opts)
         options = _given_options(ctx, opts)
         out_given = ctx.get_parameter_source("out") is not ParameterSource.DEFAULT
         sweep, out = resolve_sweep(
@@ -268,8 +403,11 @@ def noise_sweep_command(
                 )
                 click.echo(f"# {config.run_id}  {states[config.run_id]}{extra}")
             return
+        executor = _build_executor(sweep, executor_options)
         try:
-            result = run_sweep(sweep, out, log=click.echo, progress=sys.stderr.isatty())
+            result = run_sweep(
+                sweep, out, log=click.echo, progress=sys.stderr.isatty(), executor=executor
+            )
         except KeyboardInterrupt:
             click.echo(
                 f"\ninterrupted: rerun `robustkit noise-sweep --out {out}` to finish the grid",

@@ -26,6 +26,7 @@ threads unless the config sets ``num_threads``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import time
@@ -124,14 +125,15 @@ def run_task(
         # the count it started with, even if the sweep is restarted with other --workers.
         started = _read_json(run_dir / "config.json") or {}
         config.num_threads = started.get("num_threads") or num_threads
-    # A retried run starts clean: the trainer refuses directories holding foreign files.
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)
     start = time.perf_counter()
     try:
+        # A retried run starts clean: the trainer refuses directories holding foreign files.
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
         result = train(config, run_dir, resume=True, step_hook=step_hook)
     except Exception as exc:
         message = _one_line(exc)
-        atomic_write_text(run_dir / ERROR_FILE, message + "\n\n" + traceback.format_exc())
+        with contextlib.suppress(OSError):  # e.g. run_dir is a file: the message still counts
+            atomic_write_text(run_dir / ERROR_FILE, message + "\n\n" + traceback.format_exc())
         return RunOutcome(task.run_id, "failed", None, message, time.perf_counter() - start)
     return RunOutcome(task.run_id, result.status, result.record, None, time.perf_counter() - start)
 
@@ -324,8 +326,30 @@ def _record_failure(task: RunTask, message: str) -> None:
     atomic_write_text(Path(task.run_dir) / ERROR_FILE, message + "\n")
 
 
-#: Executor name -> factory ``(workers, **options) -> Executor``.
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
+def _ray_executor(workers: int | None, **options: Any) -> Executor:
+    """:class:`robustkit.sweep.ray_executor.RayExecutor`; a one-line error without Ray."""
+    from robustkit.sweep.ray_executor import RayExecutor, import_ray
+
+    import_ray()
+    return RayExecutor(workers, **options)
+
+
+def _slurm_executor(workers: int | None, **options: Any) -> Executor:
+    """:class:`robustkit.sweep.slurm_executor.SlurmExecutor`; a one-line error without submitit."""
+    from robustkit.sweep.slurm_executor import SlurmExecutor, import_submitit
+
+    import_submitit()
+    return SlurmExecutor(workers, **options)
+
+
+#: Executor name -> factory ``(workers, **options) -> Executor``. ``workers`` caps the runs at
+#: once; the Ray and Slurm executors also take ``None`` (no cap) and live in their own modules,
+#: imported (with their optional packages) only when chosen.
+EXECUTORS: dict[str, Callable[..., Executor]] = {
+    "local": LocalExecutor,
+    "ray": _ray_executor,
+    "slurm": _slurm_executor,
+}
 
 
 def make_executor(name: str, workers: int, **options: Any) -> Executor:

@@ -104,8 +104,8 @@ DEFAULT_OUT = Path("runs") / "noise-sweep"
 OPTIMIZER_ORDER = ("sgd", "sam", "asam", "fsam")
 #: Run-config fields the grid sets per run; every other field is shared by all runs.
 GRID_FIELDS = frozenset({"optimizer", "noise", "seed", "rho", "eta"})
-#: Executors a sweep can name (the Ray executor comes with a later issue).
-EXECUTOR_NAMES = ("local",)
+#: Executors a sweep can name.
+EXECUTOR_NAMES = ("local", "ray", "slurm")
 #: Noise kinds of robustkit.data.noise that take a rate (``none`` and ``matrix`` do not).
 RATE_NOISE_KINDS = ("symmetric", "uniform", "pair", "asymmetric")
 
