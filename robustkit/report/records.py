@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,14 @@ from typing import Any
 
 import pandas as pd
 
-from robustkit.sweep.results import COLUMNS, RESULTS_CSV, TABLE_MD, TABLE_TEX
+from robustkit.sweep.results import (
+    COLUMNS,
+    RESULTS_CSV,
+    TABLE_MD,
+    TABLE_TEX,
+    parse_noise,
+    parse_run_id,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -237,7 +243,7 @@ class Records:
             if run.metrics is None or (group is not None and self.group_of(run) != group):
                 continue
             config = run.resolved_config
-            parsed = _parse_run_id(run.run_id)
+            parsed = parse_run_id(run.run_id, strict=True)
             noise = config.get("noise")
             kind, rate = parse_noise(noise) if noise else (parsed.get("noise"), parsed.get("rate"))
             frame = run.metrics.copy()
@@ -295,7 +301,7 @@ class Records:
                 run = self.match_run(record, records.path)
                 config = run.resolved_config if run is not None else {}
                 run_id = record.get("run_id") or (run.run_id if run is not None else None)
-                parsed = _parse_run_id(str(run_id)) if run_id else {}
+                parsed = parse_run_id(str(run_id), strict=True) if run_id else {}
                 noise = config.get("noise") or record.get("noise")
                 kind_, rate = (
                     parse_noise(noise) if noise else (parsed.get("noise"), parsed.get("rate"))
@@ -532,36 +538,6 @@ def _read_eval(path: Path) -> EvalRecords | None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def parse_noise(noise: Any) -> tuple[str, float]:
-    """``symmetric:0.4`` -> ``("symmetric", 0.4)``; ``none`` -> ``("none", 0.0)``."""
-    kind, _, arg = str(noise).partition(":")
-    if kind == "none":
-        return "none", 0.0
-    try:
-        return kind, float(arg)
-    except ValueError:
-        return kind, math.nan
-
-
-def _parse_run_id(run_id: str) -> dict[str, Any]:
-    """``fsam-symmetric0.4-seed1`` -> optimizer, noise kind, rate, seed (best effort)."""
-    optimizer, _, rest = run_id.partition("-")
-    tag, _, seed = rest.rpartition("-seed")
-    match = re.fullmatch(r"([a-z]+)([0-9.e+-]+)", tag)
-    if tag == "clean":
-        kind, rate = "none", 0.0
-    elif match is not None:
-        kind, rate = match.group(1), float(match.group(2))
-    else:
-        return {}
-    return {
-        "optimizer": optimizer,
-        "noise": kind,
-        "rate": rate,
-        "seed": int(seed) if seed.isdigit() else None,
-    }
 
 
 def _run_row(run: RunRecord) -> dict[str, Any]:

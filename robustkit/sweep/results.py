@@ -38,6 +38,8 @@ __all__ = [
     "format_latex",
     "format_markdown",
     "numeric_columns",
+    "parse_noise",
+    "parse_run_id",
     "write_results",
 ]
 
@@ -72,7 +74,8 @@ COLUMNS = [
 ]
 
 
-def _parse_noise(noise: str) -> tuple[str, float]:
+def parse_noise(noise: str) -> tuple[str, float]:
+    """``symmetric:0.4`` -> ``("symmetric", 0.4)``; ``none`` -> ``("none", 0.0)``."""
     kind, _, arg = str(noise).partition(":")
     if kind == "none":
         return "none", 0.0
@@ -82,8 +85,12 @@ def _parse_noise(noise: str) -> tuple[str, float]:
         return kind, math.nan
 
 
-def _parse_run_id(run_id: str) -> dict[str, Any]:
-    """``fsam-symmetric0.4-seed1`` -> optimizer, noise kind, rate, seed (best effort)."""
+def parse_run_id(run_id: str, *, strict: bool = False) -> dict[str, Any]:
+    """``fsam-symmetric0.4-seed1`` -> optimizer, noise kind, rate, seed (best effort).
+
+    An id whose noise tag is not ``clean`` or ``<kind><rate>`` gives ``rate = nan`` (or ``{}``
+    when ``strict``).
+    """
     optimizer, _, rest = run_id.partition("-")
     tag, _, seed = rest.rpartition("-seed")
     match = re.fullmatch(r"([a-z]+)([0-9.e+-]+)", tag)
@@ -91,6 +98,8 @@ def _parse_run_id(run_id: str) -> dict[str, Any]:
         kind, rate = "none", 0.0
     elif match is not None:
         kind, rate = match.group(1), float(match.group(2))
+    elif strict:
+        return {}
     else:
         kind, rate = tag, math.nan
     return {
@@ -127,7 +136,7 @@ def collect_results(out: str | Path) -> pd.DataFrame:
             continue
         config = (record or {}).get("config") or _read_json(run_dir / _CONFIG)
         if config is not None:
-            kind, rate = _parse_noise(config.get("noise", "none"))
+            kind, rate = parse_noise(config.get("noise", "none"))
             row = {
                 "run_id": config.get("run_id", run_dir.name),
                 "optimizer": config.get("optimizer"),
@@ -141,7 +150,7 @@ def collect_results(out: str | Path) -> pd.DataFrame:
                 "epochs": config.get("epochs"),
             }
         else:
-            row = {"run_id": run_dir.name, **_parse_run_id(run_dir.name)}
+            row = {"run_id": run_dir.name, **parse_run_id(run_dir.name)}
         if record is not None:
             row["status"] = record.get("status")
             for key in (
