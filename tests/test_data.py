@@ -594,3 +594,21 @@ def test_datasets_command(tmp_path):
     assert cifar.endswith("no")
     help_result = CliRunner().invoke(main, ["datasets", "--help"])
     assert help_result.exit_code == 0 and "--data-dir" in help_result.output
+
+
+def test_seeded_subset_is_deterministic_sorted_and_complete_when_asked_for_all():
+    from robustkit.data.subsets import seeded_subset
+
+    x = torch.arange(20.0)[:, None]
+    y = torch.arange(20)
+    xs, ys, text = seeded_subset(x, y, 5, seed=3)
+    xs2, ys2, _ = seeded_subset(x, y, 5, seed=3)
+    assert torch.equal(ys, ys2) and torch.equal(xs, xs2)
+    assert torch.equal(ys, ys.sort().values) and len(set(ys.tolist())) == 5
+    assert torch.equal(xs[:, 0].long(), ys)
+    expected = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:5].sort().values
+    assert torch.equal(ys, expected)
+    assert text == "5 of 20, uniform without replacement, seed 3"
+    _, y_all, text_all = seeded_subset(x, y, None, seed=0)
+    assert torch.equal(y_all, y) and text_all == "all 20"
+    assert seeded_subset(x, y, 50, seed=0)[2] == "all 20"

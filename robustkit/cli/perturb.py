@@ -303,15 +303,10 @@ def _subset(
     ds: Any, split: str, count: int | None, seed: int, role: str
 ) -> tuple[Any, dict[str, Any]]:
     """``(x, y)`` of ``split``: all of it, or ``count`` examples drawn without replacement."""
-    import torch
+    from robustkit.data.subsets import seeded_subset
 
     x, y = (ds.x_train, ds.y_train) if split == "train" else (ds.x_test, ds.y_test)
-    total = int(y.shape[0])
-    subset = f"all {total}"
-    if count is not None and count < total:
-        index = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
-        x, y = x[index.sort().values], y[index.sort().values]
-        subset = f"{count} of {total}, uniform without replacement, seed {seed}"
+    x, y, subset = seeded_subset(x, y, count, seed)
     return (x, y), {f"{role}_split": split, f"{role}_subset": subset}
 
 

@@ -96,6 +96,7 @@ def _subset(
     import torch
 
     from robustkit.data.datasets import load_dataset
+    from robustkit.data.subsets import seeded_subset
 
     spec = ckpt.config.get("dataset")
     if not spec:
@@ -119,17 +120,15 @@ def _subset(
                 f"{path}: {noisy.shape[0]} noisy labels for {y.shape[0]} training examples"
             )
         y = noisy
-    n = min(num_examples, int(x.shape[0]))
-    perm = torch.randperm(int(x.shape[0]), generator=torch.Generator().manual_seed(seed))[:n]
+    x, y, subset = seeded_subset(x, y, num_examples, seed)
     info = {
         "dataset": spec,
         "split": split,
         "labels": labels,
-        "num_examples": n,
-        "subset": f"first {n} of torch.randperm({int(x.shape[0])}) of the {split} split, "
-        f"seed {seed}; un-augmented",
+        "num_examples": int(y.shape[0]),
+        "subset": f"{subset} of the {split} split; un-augmented",
     }
-    return x[perm], y[perm], info
+    return x, y, info
 
 
 def _run_metric(
