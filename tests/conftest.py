@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Fixtures shared by the executor tests (the tiny sweep run locally as the reference).
+pytest_plugins = ["tests.sweep_fixtures"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Two CPU cores in CI: keep torch from oversubscribing them.

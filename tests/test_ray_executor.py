@@ -18,56 +18,17 @@ from click.testing import CliRunner
 
 from robustkit.cli import main
 from robustkit.sweep.executors import LocalExecutor, make_executor, run_sweep
-from robustkit.sweep.grid import ERROR_FILE, RunTask, SweepConfig, prepare_sweep_dir
+from robustkit.sweep.grid import ERROR_FILE, RunTask
 from robustkit.sweep.ray_executor import RayExecutor, read_run_files, write_run_files
-from robustkit.sweep.results import numeric_columns
-
-RUN_IDS = ["sgd-symmetric0.4-seed0", "sam-symmetric0.4-seed0"]
-# digits: 1437 training images in batches of 64.
-STEPS_PER_EPOCH = 23
-TINY_TOML = """
-[sweep]
-optimizers = ["sgd", "sam"]
-rates = [0.4]
-seeds = [0]
-workers = 1
-
-[train]
-model = "mlp"
-epochs = 2
-batch_size = 64
-num_threads = 1
-device = "cpu"
-"""
-
-
-class Kill(BaseException):
-    """Stands for SIGKILL: not an Exception, so the sweep does not record it as a failure."""
-
-
-def _tiny() -> SweepConfig:
-    sweep = SweepConfig(optimizers=["sgd", "sam"], rates=[0.4], seeds=[0], workers=1)
-    sweep.train.update(model="mlp", epochs=2, batch_size=64, num_threads=1, device="cpu")
-    return sweep.validate()
-
-
-def _assert_same_results(out: Path, ref: Path) -> None:
-    ours = pd.read_csv(out / "results.csv").set_index("run_id").sort_index()
-    theirs = pd.read_csv(ref / "results.csv").set_index("run_id").sort_index()
-    columns = numeric_columns(theirs)
-    assert {"final_test_acc", "best_test_acc", "train_acc_noisy"} <= set(columns)
-    assert "seconds" not in columns
-    pd.testing.assert_frame_equal(ours[columns], theirs[columns], check_exact=True)
-    assert list(ours["status"]) == ["completed"] * len(ours)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The tiny sweep run by the local executor, one run after another in this process."""
-    out = tmp_path_factory.mktemp("local") / "sweep"
-    result = run_sweep(_tiny(), out, figures=False)
-    assert sorted(o.run_id for o in result.outcomes) == sorted(RUN_IDS)
-    return out
+from tests.sweep_fixtures import (
+    RUN_IDS,
+    STEPS_PER_EPOCH,
+    TINY_TOML,
+    Kill,
+    assert_same_results,
+    break_run,
+    tiny,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,26 +48,15 @@ def ray_cluster():
         ray.shutdown()
 
 
-def _break_run(out: Path, run_id: str) -> Path:
-    """Make ``run_id`` fail when it trains: a file where its checkpoint folder goes."""
-    tasks = {t.run_id: t for t in prepare_sweep_dir(_tiny(), out)}
-    run_dir = Path(tasks[run_id].run_dir)
-    run_dir.mkdir(parents=True)
-    config = {**tasks[run_id].config, "run_id": run_id}
-    (run_dir / "config.json").write_text(json.dumps(config))
-    (run_dir / "checkpoints").write_text("a file where the checkpoint folder goes")
-    return run_dir
-
-
 # --- with Ray -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ship", [False, True], ids=["shared-storage", "ship-results"])
 def test_ray_gives_the_local_results(ray_cluster, reference, tmp_path, ship):
     out = tmp_path / "sweep"
-    result = run_sweep(_tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
+    result = run_sweep(tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
     assert sorted(o.status for o in result.outcomes) == ["completed", "completed"]
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
     for run_id in RUN_IDS:
         assert sorted(read_run_files(out / run_id)) == sorted(read_run_files(reference / run_id))
         config = json.loads((out / run_id / "config.json").read_text())
@@ -118,8 +68,8 @@ def test_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it(
     ray_cluster, reference, tmp_path, ship
 ):
     out = tmp_path / "sweep"
-    broken = _break_run(out, "sgd-symmetric0.4-seed0")
-    result = run_sweep(_tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
+    broken = break_run(out, "sgd-symmetric0.4-seed0")
+    result = run_sweep(tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
     statuses = {o.run_id: o.status for o in result.outcomes}
     assert statuses == {"sgd-symmetric0.4-seed0": "failed", "sam-symmetric0.4-seed0": "completed"}
     error = (broken / ERROR_FILE).read_text()
@@ -129,11 +79,11 @@ def test_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it(
     assert results.loc["sgd-symmetric0.4-seed0", "error"].startswith("FileExistsError")
 
     (broken / "checkpoints").unlink()
-    result = run_sweep(_tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
+    result = run_sweep(tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
     statuses = {o.run_id: o.status for o in result.outcomes}
     assert statuses == {"sam-symmetric0.4-seed0": "skipped", "sgd-symmetric0.4-seed0": "completed"}
     assert not (broken / ERROR_FILE).exists()
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
 
 
 @pytest.mark.parametrize("ship", [False, True], ids=["shared-storage", "ship-results"])
@@ -148,16 +98,16 @@ def test_interrupted_sweep_resumes_on_ray(ray_cluster, reference, tmp_path, ship
 
     with pytest.raises(Kill):
         run_sweep(
-            _tiny(), out, figures=False, executor=LocalExecutor(1, step_hook=kill_in_second_epoch)
+            tiny(), out, figures=False, executor=LocalExecutor(1, step_hook=kill_in_second_epoch)
         )
     first = out / "sgd-symmetric0.4-seed0"
     assert (first / "checkpoints" / "last.pt").is_file() and not (first / "result.json").exists()
 
-    result = run_sweep(_tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
+    result = run_sweep(tiny(), out, figures=False, executor=RayExecutor(ship_results=ship))
     assert sorted(o.status for o in result.outcomes) == ["completed", "completed"]
     metrics = (first / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
 
 
 def test_cli_executor_ray(ray_cluster, reference, tmp_path):
@@ -168,7 +118,7 @@ def test_cli_executor_ray(ray_cluster, reference, tmp_path):
     result = CliRunner().invoke(main, [*args, "--ray-cpus-per-run", "1"])
     assert result.exit_code == 0, result.output
     assert "(ray)" in result.output.splitlines()[0]
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
     assert 'executor = "ray"' in (out / "sweep.toml").read_text()
 
 

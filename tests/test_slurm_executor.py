@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -19,50 +18,20 @@ from click.testing import CliRunner
 
 from robustkit.cli import main
 from robustkit.sweep.executors import LocalExecutor, make_executor, run_sweep
-from robustkit.sweep.grid import ERROR_FILE, RunTask, SweepConfig, prepare_sweep_dir
-from robustkit.sweep.results import numeric_columns
+from robustkit.sweep.grid import ERROR_FILE, RunTask
 from robustkit.sweep.slurm_executor import SlurmExecutor, parse_slurm_time
-
-RUN_IDS = ["sgd-symmetric0.4-seed0", "sam-symmetric0.4-seed0"]
-STEPS_PER_EPOCH = 23  # digits: 1437 training images in batches of 64
-TINY_TOML = """
-[sweep]
-optimizers = ["sgd", "sam"]
-rates = [0.4]
-seeds = [0]
-workers = 1
-
-[train]
-model = "mlp"
-epochs = 2
-batch_size = 64
-num_threads = 1
-device = "cpu"
-"""
-
-
-class Kill(BaseException):
-    """Stands for SIGKILL: not an Exception, so the sweep does not record it as a failure."""
-
-
-def _tiny() -> SweepConfig:
-    sweep = SweepConfig(optimizers=["sgd", "sam"], rates=[0.4], seeds=[0], workers=1)
-    sweep.train.update(model="mlp", epochs=2, batch_size=64, num_threads=1, device="cpu")
-    return sweep.validate()
+from tests.sweep_fixtures import (
+    STEPS_PER_EPOCH,
+    TINY_TOML,
+    Kill,
+    assert_same_results,
+    break_run,
+    tiny,
+)
 
 
 def _slurm(cluster: str = "debug") -> SlurmExecutor:
     return SlurmExecutor(cluster=cluster, gpus_per_run=0, cpus_per_run=1, poll_seconds=0.2)
-
-
-def _assert_same_results(out: Path, ref: Path) -> None:
-    ours = pd.read_csv(out / "results.csv").set_index("run_id").sort_index()
-    theirs = pd.read_csv(ref / "results.csv").set_index("run_id").sort_index()
-    columns = numeric_columns(theirs)
-    assert {"final_test_acc", "best_test_acc", "train_acc_noisy"} <= set(columns)
-    assert "seconds" not in columns
-    pd.testing.assert_frame_equal(ours[columns], theirs[columns], check_exact=True)
-    assert list(ours["status"]) == ["completed"] * len(ours)
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +39,6 @@ def submitit():
     return pytest.importorskip(
         "submitit", reason="submitit not installed (pip install 'robustkit[slurm]')"
     )
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """The tiny sweep run by the local executor, one run after another in this process."""
-    out = tmp_path_factory.mktemp("local") / "sweep"
-    result = run_sweep(_tiny(), out, figures=False)
-    assert sorted(o.run_id for o in result.outcomes) == sorted(RUN_IDS)
-    return out
 
 
 def test_cli_executor_slurm_through_submitits_local_executor(submitit, reference, tmp_path):
@@ -89,7 +49,7 @@ def test_cli_executor_slurm_through_submitits_local_executor(submitit, reference
     options = ["--slurm-cluster", "local", "--slurm-gpus-per-run", "0", "--slurm-cpus-per-run", "1"]
     result = CliRunner().invoke(main, [*args, *options])
     assert result.exit_code == 0, result.output
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
     # One array job: submitit's pickles and each array task's logs under <out>/slurm/.
     logs = sorted(p.name for p in (out / "slurm").rglob("*_log.out"))
     assert len(logs) == 2, logs
@@ -100,14 +60,9 @@ def test_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it(
     submitit, reference, tmp_path
 ):
     out = tmp_path / "sweep"
-    tasks = {t.run_id: t for t in prepare_sweep_dir(_tiny(), out)}
-    broken = Path(tasks["sgd-symmetric0.4-seed0"].run_dir)
-    broken.mkdir(parents=True)
-    config = {**tasks["sgd-symmetric0.4-seed0"].config, "run_id": "sgd-symmetric0.4-seed0"}
-    (broken / "config.json").write_text(json.dumps(config))
-    (broken / "checkpoints").write_text("a file where the checkpoint folder goes")
+    broken = break_run(out, "sgd-symmetric0.4-seed0")
 
-    result = run_sweep(_tiny(), out, figures=False, executor=_slurm())
+    result = run_sweep(tiny(), out, figures=False, executor=_slurm())
     statuses = {o.run_id: o.status for o in result.outcomes}
     assert statuses == {"sgd-symmetric0.4-seed0": "failed", "sam-symmetric0.4-seed0": "completed"}
     error = (broken / ERROR_FILE).read_text()
@@ -116,11 +71,11 @@ def test_failed_run_is_recorded_the_others_go_on_and_a_rerun_retries_it(
     assert results.loc["sgd-symmetric0.4-seed0", "status"] == "failed"
 
     (broken / "checkpoints").unlink()
-    result = run_sweep(_tiny(), out, figures=False, executor=_slurm())
+    result = run_sweep(tiny(), out, figures=False, executor=_slurm())
     statuses = {o.run_id: o.status for o in result.outcomes}
     assert statuses == {"sam-symmetric0.4-seed0": "skipped", "sgd-symmetric0.4-seed0": "completed"}
     assert not (broken / ERROR_FILE).exists()
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
 
 
 def test_interrupted_sweep_resumes_as_an_array_job(submitit, reference, tmp_path):
@@ -134,15 +89,15 @@ def test_interrupted_sweep_resumes_as_an_array_job(submitit, reference, tmp_path
 
     with pytest.raises(Kill):
         local = LocalExecutor(1, step_hook=kill_in_second_epoch)
-        run_sweep(_tiny(), out, figures=False, executor=local)
+        run_sweep(tiny(), out, figures=False, executor=local)
     first = out / "sgd-symmetric0.4-seed0"
     assert (first / "checkpoints" / "last.pt").is_file() and not (first / "result.json").exists()
 
-    result = run_sweep(_tiny(), out, figures=False, executor=_slurm())
+    result = run_sweep(tiny(), out, figures=False, executor=_slurm())
     assert sorted(o.status for o in result.outcomes) == ["completed", "completed"]
     metrics = (first / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
-    _assert_same_results(out, reference)
+    assert_same_results(out, reference)
 
 
 def test_a_job_the_scheduler_killed_is_a_failed_run(submitit, tmp_path):
