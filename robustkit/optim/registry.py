@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,7 +45,6 @@ class OptimizerInfo:
     description: str
     rho: float | None = None
     eta: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {
