@@ -92,11 +92,11 @@ def _subset(
     ckpt: Any, datasets: dict, *, split: str, labels: str, num_examples: int, seed: int
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The evaluation subset of one checkpoint's data and how it was chosen."""
-    import numpy as np
     import torch
 
     from robustkit.data.datasets import load_dataset
     from robustkit.data.subsets import seeded_subset
+    from robustkit.train.trainer import load_labels
 
     spec = ckpt.config.get("dataset")
     if not spec:
@@ -113,8 +113,7 @@ def _subset(
             raise click.ClickException(
                 f"{ckpt.path}: --labels noisy needs the run's labels.npz, which was not found"
             )
-        with np.load(path) as saved:
-            noisy = torch.as_tensor(saved["labels"], dtype=torch.int64)
+        noisy = torch.as_tensor(load_labels(run_dir)["labels"], dtype=torch.int64)
         if noisy.shape != y.shape:
             raise click.ClickException(
                 f"{path}: {noisy.shape[0]} noisy labels for {y.shape[0]} training examples"
