@@ -102,6 +102,27 @@ def test_digits_sizes_normalisation_and_split():
     assert torch.equal(ds.x_train, again.x_train) and torch.equal(ds.y_test, again.y_test)
 
 
+def test_digits_fast_path_equals_sklearn_load_digits():
+    from sklearn.datasets import load_digits
+
+    from robustkit.data.datasets import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert images.dtype == np.float64 and labels.dtype == np.int64
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+
+
+def test_digits_falls_back_to_load_digits_without_the_csv(monkeypatch):
+    import importlib.util
+
+    from robustkit.data.datasets import _digits_arrays
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, labels = _digits_arrays()
+    assert images.shape == (1797, 8, 8) and labels[:10].tolist() == list(range(10))
+
+
 def test_stratified_split_is_pinned():
     from sklearn.datasets import load_digits
 

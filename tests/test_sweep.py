@@ -14,7 +14,9 @@ import pytest
 from robustkit.sweep.executors import (
     LocalExecutor,
     RunOutcome,
+    longest_first,
     resolve_workers,
+    run_cost,
     run_sweep,
     worker_settings,
 )
@@ -22,6 +24,7 @@ from robustkit.sweep.grid import (
     ERROR_FILE,
     SWEEP_FILE,
     Override,
+    RunTask,
     SweepConfig,
     apply_options,
     check_existing_runs,
@@ -534,6 +537,22 @@ def test_worker_settings_round_robin_gpus_and_share_threads():
     assert resolve_workers("auto", 16, cpus=64, gpus=["0", "1"]) == 2
     assert resolve_workers("auto", 1, cpus=8, gpus=[]) == 1
     assert resolve_workers(3, 1, cpus=8, gpus=[]) == 3
+
+
+def test_longest_first_starts_the_two_pass_runs_first_in_grid_order():
+    sweep = SweepConfig(optimizers=["sgd", "sam", "fsam"], rates=[0.2, 0.4]).validate()
+    tasks = [RunTask(c.run_id, f"out/{c.run_id}", c.to_dict()) for c in sweep.expand()]
+    assert [run_cost(t) for t in tasks[:3]] == [8.0, 16.0, 16.0]  # 8 epochs x 1 or 2 passes
+    ordered = [t.run_id for t in longest_first(tasks)]
+    assert ordered == [
+        "sam-symmetric0.2-seed0",
+        "fsam-symmetric0.2-seed0",
+        "sam-symmetric0.4-seed0",
+        "fsam-symmetric0.4-seed0",
+        "sgd-symmetric0.2-seed0",
+        "sgd-symmetric0.4-seed0",
+    ]
+    assert sorted(ordered) == sorted(t.run_id for t in tasks)
 
 
 # -- aggregation ---------------------------------------------------------------------------------

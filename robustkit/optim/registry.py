@@ -39,16 +39,21 @@ class ASAMConvention(str, enum.Enum):
 
 @dataclass(frozen=True)
 class OptimizerInfo:
-    """A registry entry: the name, its paper, and its default radius and eta."""
+    """A registry entry: the name, its paper, its default radius and eta, and its cost.
+
+    ``passes`` is the forward-backward passes per step (2 for the sharpness-aware ones); the
+    sweep executors use it to start the longest runs first.
+    """
 
     name: str
     description: str
     rho: float | None = None
     eta: float | None = None
+    passes: int = 2
 
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {
-    "sgd": OptimizerInfo("sgd", "the base optimiser alone (one pass per step)"),
+    "sgd": OptimizerInfo("sgd", "the base optimiser alone (one pass per step)", passes=1),
     "sam": OptimizerInfo("sam", "SAM, Euclidean ball (Foret et al. 2021)", rho=0.05),
     "asam": OptimizerInfo("asam", "ASAM, ball scaled by |w|+eta (Kwon et al. 2021)", 0.5, 0.01),
     "fsam": OptimizerInfo("fsam", "Fisher-SAM, ellipsoid 1+eta*g^2 (Kim et al. 2022)", 0.1, 1.0),

@@ -26,9 +26,11 @@ threads unless the config sets ``num_threads``.
 from __future__ import annotations
 
 import abc
+import atexit
 import contextlib
 import json
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -48,8 +50,10 @@ __all__ = [
     "RunOutcome",
     "SweepResult",
     "cpu_count",
+    "longest_first",
     "make_executor",
     "resolve_workers",
+    "run_cost",
     "run_sweep",
     "run_task",
     "visible_gpus",
@@ -138,6 +142,23 @@ def run_task(
     return RunOutcome(task.run_id, result.status, result.record, None, time.perf_counter() - start)
 
 
+def run_cost(task: RunTask) -> float:
+    """A run's relative cost: epochs x forward-backward passes per step (SAM-type: 2)."""
+    from robustkit.optim.registry import OPTIMIZERS
+
+    info = OPTIMIZERS.get(str(task.config.get("optimizer")))
+    return float(task.config.get("epochs", 1)) * (info.passes if info else 1)
+
+
+def longest_first(tasks: Sequence[RunTask]) -> list[RunTask]:
+    """``tasks`` by decreasing :func:`run_cost`, grid order among equals.
+
+    Parallel workers then finish together: a short SGD run, not a SAM run twice as long, is
+    what one worker is still doing while the others have run out of work.
+    """
+    return sorted(tasks, key=lambda t: -run_cost(t))
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
@@ -211,6 +232,18 @@ def _init_worker(slots, workers: int, cpus: int, gpus: list[str]) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = settings["gpu"]
     os.environ["OMP_NUM_THREADS"] = str(settings["num_threads"])
     _WORKER.update(settings)
+    # A spawned worker ends through full interpreter finalisation, which takes about a second
+    # with torch loaded, while the sweep waits for it. Registered first, this handler runs
+    # after every other one and then ends the process as a forked child would (os._exit).
+    # Results were returned and every run's files were written atomically before this point.
+    atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _run_in_worker(task: RunTask) -> RunOutcome:
@@ -298,7 +331,9 @@ class LocalExecutor(Executor):
         )
         outcomes: list[RunOutcome] = []
         try:
-            pending: dict[Future, RunTask] = {pool.submit(_run_in_worker, t): t for t in tasks}
+            pending: dict[Future, RunTask] = {
+                pool.submit(_run_in_worker, t): t for t in longest_first(tasks)
+            }
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from robustkit.io import atomic_write, atomic_write_text
-from robustkit.sweep.executors import Executor, OnDone, RunOutcome, run_task
+from robustkit.sweep.executors import Executor, OnDone, RunOutcome, longest_first, run_task
 from robustkit.sweep.grid import ERROR_FILE, RunTask
 
 __all__ = ["RayExecutor", "import_ray", "read_run_files", "write_run_files"]
@@ -237,7 +237,7 @@ class RayExecutor(Executor):
     def _run(self, ray: Any, tasks: list[RunTask], on_done: OnDone) -> list[RunOutcome]:
         use_gpu, options = self._resources(ray, tasks)
         remote = ray.remote(_ray_task).options(max_retries=0, **options)
-        queue = list(tasks)
+        queue = longest_first(tasks)
         pending: dict[Any, tuple[RunTask, float]] = {}
         outcomes: list[RunOutcome] = []
         try:
