@@ -7,10 +7,11 @@
    the Lanczos run itself continued to ``--ref-tol``; each solver's per-step estimates are
    recorded through its ``callback``, so one run of each gives both "first within 1e-3" and
    "when its own stopping rule fires".
-2. Fisher trace: seconds for per-example gradients by ``vmap(grad)``
-   (:class:`robustkit.evaluate.curvature.PerExampleGradients`) versus a Python loop of one
-   backward pass per example (``per_example_log_prob_sq_norms_loop``), same examples and
-   labels, with the two traces printed side by side.
+2. Fisher traces, empirical and true (exact sum over classes): seconds for
+   :func:`robustkit.evaluate.sharpness.fisher_trace` with each per-example method
+   (``layerwise`` closed forms per layer, ``vmap(grad)``) versus a Python loop (one forward
+   per example and one backward per example and class), with the traces side by side. The
+   true-Fisher loop is timed on ``--loop-examples`` examples and scaled linearly.
 
 Targets: Lanczos needs at most half the HVPs of power iteration; the vectorised Fisher is at
 least 5x faster than the loop.
@@ -23,6 +24,7 @@ accepts).
 Example:
     python benchmarks/bench_sharpness.py --threads 2
     python benchmarks/bench_sharpness.py --dataset npz:/path/cifar10_subset.npz --num-examples 256
+    python benchmarks/bench_sharpness.py --checkpoint runs/r20/checkpoint.pt --num-examples 1000
 """
 
 from __future__ import annotations
@@ -36,12 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.evaluate.curvature import (
-    LossHessian,
-    PerExampleGradients,
-    per_example_log_prob_sq_norms_loop,
-)
-from robustkit.evaluate.sharpness import lanczos, power_iteration
+from robustkit.evaluate.curvature import LossHessian, per_example_log_prob_sq_norms_loop
+from robustkit.evaluate.sharpness import fisher_trace, lanczos, power_iteration
 
 
 class SmallBNNet(nn.Module):
@@ -224,33 +222,74 @@ def eigen_benchmark(model: nn.Module, x, y, args) -> None:
         )
 
 
+def true_fisher_loop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-example sum_c p_c ||grad log p(c|x_n)||^2 by a Python loop: one forward per example,
+    one backward per class (the graph kept between them)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    model.eval()
+    for n in range(x.shape[0]):
+        log_p = torch.log_softmax(model(x[n : n + 1]), dim=-1)[0]
+        p = log_p.detach().exp()
+        total = 0.0
+        for c in range(log_p.shape[0]):
+            grads = torch.autograd.grad(log_p[c], params, retain_graph=c < log_p.shape[0] - 1)
+            total += float(p[c]) * float(sum(g.pow(2).sum() for g in grads))
+        out[n] = total
+    return out
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
 def fisher_benchmark(model: nn.Module, x, y, num_classes: int, args) -> None:
     n = min(args.fisher_examples, x.shape[0])
     xs, ys = x[:n], y[:n]
-    grads = PerExampleGradients(model)
-    grads.sq_norms(xs[:2], ys[:2], num_classes)  # warm-up
-    start = time.perf_counter()
-    fast = torch.cat(
-        [
-            grads.sq_norms(xb, yb, num_classes)
-            for xb, yb in zip(xs.split(args.fisher_batch), ys.split(args.fisher_batch), strict=True)
-        ]
-    )
-    t_fast = time.perf_counter() - start
-    start = time.perf_counter()
-    slow = per_example_log_prob_sq_norms_loop(model, xs, ys)
-    t_slow = time.perf_counter() - start
-    rel = float((fast - slow).abs().max() / slow.abs().max())
-    print(f"\n== empirical Fisher trace on {n} examples (per-example gradients) ==")
-    print(f"vmap(grad), batches of {args.fisher_batch}: {t_fast:8.2f} s   tr F = {fast.mean():.6g}")
-    print(f"python loop, one backward per example:     {t_slow:8.2f} s   tr F = {slow.mean():.6g}")
-    print(f"max relative difference of the per-example norms: {rel:.1e}")
-    print(f"speed-up vmap / loop: {t_slow / t_fast:.1f}x   (target >= 5x)")
+    data = (xs, ys)
+    batch = args.fisher_batch
+    fisher_trace(model, (xs[:4], ys[:4]), kind="empirical")  # warm-up
+    methods = ("layerwise", "vmap")
+    print(f"\n== Fisher traces on {n} examples, batches of {batch} ==")
+    print(f"{'':<34}{'seconds':>9}{'tr F':>14}{'loop / this':>13}")
+    for kind in ("empirical", "true"):
+        if kind == "true" and args.skip_true_fisher:
+            continue
+        loop_n = min(n, args.loop_examples) if kind == "true" else n
+        if kind == "empirical":
+            loop, t_loop = _timed(lambda: per_example_log_prob_sq_norms_loop(model, xs, ys))
+        else:
+            loop, t_loop = _timed(lambda n=loop_n: true_fisher_loop(model, xs[:n]))
+        t_loop_all = t_loop * n / loop_n  # the loop's cost is linear in the examples
+        for method in methods:
+            result, seconds = _timed(
+                lambda m=method, k=kind: fisher_trace(
+                    model, data, kind=k, batch_size=batch, method=m
+                )
+            )
+            print(
+                f"{kind + ', ' + result.method:<34}{seconds:>9.2f}{result.value:>14.6g}"
+                f"{t_loop_all / seconds:>12.1f}x"
+            )
+        note = "" if loop_n == n else f" ({loop_n} examples timed, scaled to {n})"
+        loop_value = float(loop.mean())
+        print(
+            f"{kind + ', python loop':<34}{t_loop_all:>9.2f}{loop_value:>14.6g}{1.0:>12.1f}x{note}"
+        )
+    print("target: vectorised Fisher trace >= 5x faster than the loop")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a robustkit checkpoint.pt to measure (a trained model) instead of --model after "
+        "--train-steps SGD steps; its data set unless --dataset is given",
+    )
     parser.add_argument("--dataset", default=None, help="load_dataset spec, e.g. npz:PATH")
     parser.add_argument("--num-examples", type=int, default=None, help="1000 on CUDA, 64 on CPU")
     parser.add_argument("--batch-size", type=int, default=250)
@@ -260,7 +299,11 @@ def main() -> None:
     parser.add_argument("--ref-tol", type=float, default=1e-5)
     parser.add_argument("--ref-max-iters", type=int, default=80)
     parser.add_argument("--fisher-examples", type=int, default=64)
-    parser.add_argument("--fisher-batch", type=int, default=32)
+    parser.add_argument("--fisher-batch", type=int, default=64)
+    parser.add_argument(
+        "--loop-examples", type=int, default=64, help="examples the true-Fisher loop times"
+    )
+    parser.add_argument("--skip-true-fisher", action="store_true")
     parser.add_argument("--skip-eigen", action="store_true")
     parser.add_argument("--skip-fisher", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -276,13 +319,23 @@ def main() -> None:
         args.num_examples = 1000 if device == "cuda" else 64
     torch.manual_seed(args.seed)  # model initialisation (a script, not library code)
     generator = torch.Generator().manual_seed(args.seed)
+    if args.checkpoint is not None:
+        from robustkit.train.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        if args.dataset is None:
+            args.dataset = ckpt.config.get("dataset")
     x, y, num_classes, data_name = load_data(args, generator)
-    model, model_name = build(args.model, x.shape[1], num_classes, x.shape[-1])
+    if args.checkpoint is not None:
+        model, model_name = ckpt.model.requires_grad_(True), f"checkpoint {args.checkpoint}"
+    else:
+        model, model_name = build(args.model, x.shape[1], num_classes, x.shape[-1])
+        model = prepare(model, x, y, args, generator)
     print(
         f"model: {model_name}; data: {data_name}; {x.shape[0]} examples; device {device}; "
         f"torch {torch.__version__}; {args.threads} threads"
     )
-    model = prepare(model, x, y, args, generator).to(device)
+    model = model.to(device)
     x, y = x.to(device), y.to(device)
     total = time.perf_counter()
     if not args.skip_eigen:

@@ -13,6 +13,7 @@ Everything the sharpness metrics need reduces to two primitives over a fixed dat
   the subset;
 
 * per-example gradients of the log-likelihood, :math:`\\nabla_\\theta \\log p(y \\mid x_n)`,
+  as squared norms: in closed form per layer (:mod:`robustkit.evaluate.per_example`) or
   vectorised over the batch with ``torch.func.vmap(torch.func.grad(...))``.
 
 Both evaluate the network through ``torch.func.functional_call`` on *copies* of its
@@ -318,55 +319,129 @@ class LossHessian:
 
 
 def _log_prob_of(flat: FlatModel) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
-    """``log p(c | x)`` of a single example as a function of the parameters, for ``vmap``."""
+    r"""``u . logits(x)`` of a single example as a function of the parameters, for ``vmap``.
 
-    def log_prob(params: dict[str, Tensor], x: Tensor, one_hot: Tensor) -> Tensor:
-        logits = flat(params, x.unsqueeze(0))[0]
-        # A one-hot dot product rather than indexing: it batches under vmap.
-        return (torch.log_softmax(logits, dim=-1) * one_hot).sum()
+    Its gradient is :math:`J^\top u`; with :math:`u = e_c - p` (``p`` held fixed) that is
+    :math:`\nabla_\theta \log p(c \mid x)`.
+    """
 
-    return log_prob
+    def dot(params: dict[str, Tensor], x: Tensor, u: Tensor) -> Tensor:
+        return (flat(params, x.unsqueeze(0))[0] * u).sum()
+
+    return dot
+
+
+#: Per-example gradient methods of :class:`PerExampleGradients`.
+PER_EXAMPLE_METHODS = ("auto", "layerwise", "vmap")
 
 
 class PerExampleGradients:
-    """Per-example gradients of the categorical log-likelihood of a classifier.
+    r"""Per-example gradients of the categorical log-likelihood of a classifier.
 
-    The model's outputs are read as the logits of :math:`p(y \\mid x) =
-    \\mathrm{softmax}(f_\\theta(x))_y`. For a batch and one class per example, returns
-    :math:`\\|\\nabla_\\theta \\log p(c_n \\mid x_n)\\|^2` for every ``n`` using
-    ``vmap(grad(...))`` over ``functional_call`` (one vectorised backward for the batch;
-    memory ``batch x D``). The model is evaluated in eval mode at a detached copy of its
-    parameters.
+    The model's outputs are read as the logits of :math:`p(y \mid x) =
+    \mathrm{softmax}(f_\theta(x))_y`, so :math:`\nabla_\theta \log p(c \mid x_n) =
+    J_n^\top (e_c - p_n)` with :math:`J_n` the Jacobian of the logits. Everything reduces to
+    squared norms :math:`\|J_n^\top u_{n,k}\|^2` for vectors :math:`u_{n,k}` in logit
+    space (:meth:`sq_norms_of`), computed by one of two methods:
+
+    * ``"layerwise"``: one batched forward pass and one backward pass per ``k`` that asks only
+      for each layer's output gradient, then closed forms per layer
+      (:mod:`robustkit.evaluate.per_example`); memory does not grow with the number of
+      parameters times the batch. Needs every trainable parameter in a Linear, Conv or
+      normalisation layer, used once per forward.
+    * ``"vmap"``: ``vmap(grad(...))`` over ``functional_call`` (any model; memory
+      ``batch x D``).
+    * ``"auto"`` (default): ``layerwise`` when the model qualifies, else ``vmap``;
+      :attr:`method` says which ran and :attr:`fallback_reason` why ``vmap`` was chosen.
+
+    The model is evaluated in eval mode at a detached copy of its parameters.
 
     Args:
         model: The classifier.
         dtype: Computation dtype (default: the parameters' dtype).
+        method: ``"auto"``, ``"layerwise"`` or ``"vmap"``.
+
+    Raises:
+        ValueError: An unknown method, or ``"layerwise"`` for a model it cannot handle.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, dtype: torch.dtype | None = None, method: str = "auto"
+    ) -> None:
+        from robustkit.evaluate.per_example import LayerwiseSqNorms, UnsupportedModel
+
+        if method not in PER_EXAMPLE_METHODS:
+            known = ", ".join(PER_EXAMPLE_METHODS)
+            raise ValueError(f"unknown per-example method {method!r} (known: {known})")
         self.flat = FlatModel(model, dtype)
         self._grad = vmap(grad(_log_prob_of(self.flat)), in_dims=(None, 0, 0))
         self.num_gradients = 0
+        self.requested = method
+        self.fallback_reason: str | None = None
+        self._layerwise = None
+        if method != "vmap":
+            try:
+                self._layerwise = LayerwiseSqNorms(self.flat)
+            except UnsupportedModel as exc:
+                if method == "layerwise":
+                    raise ValueError(f"per-example method 'layerwise': {exc}") from None
+                self.fallback_reason = str(exc)
 
     @property
     def dim(self) -> int:
         return self.flat.dim
 
+    @property
+    def method(self) -> str:
+        r"""``"layerwise"`` or ``"vmap"``: what computes (and will compute) the norms."""
+        return "layerwise" if self._layerwise is not None else "vmap"
+
     def log_probs(self, x: Tensor) -> Tensor:
-        """``(B, C)`` log-probabilities :math:`\\log p(y \\mid x_n)` (no gradient)."""
+        r"""``(B, C)`` log-probabilities :math:`\log p(y \mid x_n)` (no gradient)."""
         with torch.no_grad(), eval_mode(self.flat.model):
             params = self.flat.unflatten(self.flat.theta)
             return torch.log_softmax(self.flat(params, self.flat.to_input(x)), dim=-1)
 
-    def sq_norms(self, x: Tensor, classes: Tensor, num_classes: int) -> Tensor:
-        """``(B,)`` squared norms :math:`\\|\\nabla_\\theta \\log p(c_n \\mid x_n)\\|^2`."""
+    def sq_norms_of(self, x: Tensor, make_vectors: Callable[[Tensor], Tensor]) -> Tensor:
+        r"""``(B, K)`` squared norms :math:`\|J_n^\top u_{n,k}\|^2` for the batch ``x``.
+
+        Args:
+            x: Inputs ``(B, ...)``.
+            make_vectors: Maps the ``(B, C)`` log-probabilities (detached) to the
+                ``(B, K, C)`` vectors :math:`u_{n,k}`; called once per batch.
+        """
+        from robustkit.evaluate.per_example import UnsupportedModel
+
+        if self._layerwise is not None:
+            try:
+                out = self._layerwise(x, make_vectors)
+            except UnsupportedModel as exc:
+                if self.requested == "layerwise":
+                    raise ValueError(f"per-example method 'layerwise': {exc}") from None
+                self._layerwise, self.fallback_reason = None, str(exc)
+            else:
+                self.num_gradients += int(out.numel())
+                return out
+        vectors = make_vectors(self.log_probs(x))
         x = self.flat.to_input(x)
-        one_hot = nn.functional.one_hot(classes.to(self.flat.device), num_classes)
         params = self.flat.unflatten(self.flat.theta.detach())
+        columns = []
         with eval_mode(self.flat.model):
-            grads = self._grad(params, x, one_hot.to(self.flat.dtype))
-        self.num_gradients += int(x.shape[0])
-        return sum(g.pow(2).reshape(g.shape[0], -1).sum(dim=1) for g in grads.values())
+            for k in range(vectors.shape[1]):
+                grads = self._grad(params, x, vectors[:, k].to(self.flat.device, self.flat.dtype))
+                columns.append(sum(g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads.values()))
+        self.num_gradients += int(vectors.shape[0] * vectors.shape[1])
+        return torch.stack(columns, dim=1)
+
+    def sq_norms(self, x: Tensor, classes: Tensor, num_classes: int | None = None) -> Tensor:
+        r"""``(B,)`` squared norms :math:`\|\nabla_\theta \log p(c_n \mid x_n)\|^2`."""
+        classes = classes.to(self.flat.device)
+
+        def vectors(log_p: Tensor) -> Tensor:
+            one_hot = nn.functional.one_hot(classes, log_p.shape[-1]).to(log_p.dtype)
+            return (one_hot - log_p.exp()).unsqueeze(1)
+
+        return self.sq_norms_of(x, vectors)[:, 0]
 
 
 # --------------------------------------------------------------------------------------------

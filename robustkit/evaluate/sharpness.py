@@ -235,6 +235,8 @@ class FisherTraceResult:
         num_gradients: Per-example gradients computed.
         num_parameters: Number of trainable parameters.
         stderr_kind: What ``stderr`` measures (see :func:`fisher_trace`), or None.
+        method: How the per-example gradient norms were computed (``layerwise``/``vmap``).
+        fallback_reason: Why ``vmap`` ran where ``layerwise`` was asked for (``auto``).
     """
 
     value: float
@@ -246,6 +248,8 @@ class FisherTraceResult:
     num_gradients: int
     num_parameters: int = 0
     stderr_kind: str | None = None
+    method: str = ""
+    fallback_reason: str | None = None
 
     @property
     def metric(self) -> str:
@@ -274,6 +278,8 @@ class FisherTraceResult:
             "num_gradients": self.num_gradients,
             "num_examples": self.num_examples,
             "num_parameters": self.num_parameters,
+            "per_example_method": self.method,
+            "per_example_fallback": self.fallback_reason,
         }
 
 
@@ -888,12 +894,14 @@ def fisher_trace(
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
     dtype: torch.dtype | None = None,
+    method: str = "auto",
 ) -> FisherTraceResult:
     """Trace of the Fisher information of a classifier on ``data``.
 
     The model's outputs are logits of :math:`p(y \\mid x) = \\mathrm{softmax}(f_\\theta(x))_y`.
     With :math:`g_{n,y} = \\nabla_\\theta \\log p(y \\mid x_n)` over the trainable
-    parameters (per-example gradients by ``vmap(grad)``, model in eval mode):
+    parameters (per-example gradient norms from :class:`~robustkit.evaluate.curvature.
+    PerExampleGradients`, one forward pass per batch, model in eval mode):
 
     * ``kind="true"``: :math:`\\operatorname{tr} F = \\frac1N \\sum_n \\sum_y
       p(y \\mid x_n) \\|g_{n,y}\\|^2`, exact by summing over the ``C`` classes (``C``
@@ -924,6 +932,9 @@ def fisher_trace(
         batch_size: Batch size for an ``(x, y)`` pair; bounds the ``batch x D`` memory of the
             per-example gradients.
         dtype: Computation dtype (default: the parameters' dtype).
+        method: Per-example gradient method, ``"auto"``, ``"layerwise"`` or ``"vmap"`` (see
+            :class:`~robustkit.evaluate.curvature.PerExampleGradients`); the record names
+            the one that ran.
 
     Returns:
         A :class:`FisherTraceResult`.
@@ -932,7 +943,7 @@ def fisher_trace(
     if kind is FisherKind.MC:
         _validate_positive("num_samples", num_samples, integer=True)
     batches = as_batches(data, batch_size)
-    grads = PerExampleGradients(model, dtype)
+    grads = PerExampleGradients(model, dtype, method)
     n = batches.num_examples
     total = 0.0
     variance_sum = 0.0  # mc: sum over examples of the variance of their k-sample mean
@@ -940,31 +951,35 @@ def fisher_trace(
     num_classes = 0
     with eval_mode(model):
         for x, y in batches:
-            log_p = grads.log_probs(x)
-            num_classes = int(log_p.shape[-1])
-            if kind is FisherKind.EMPIRICAL:
-                contrib = grads.sq_norms(x, y.to(log_p.device), num_classes)
-            elif kind is FisherKind.TRUE:
+            shape: dict[str, int] = {}
+
+            def vectors(log_p: Tensor, y: Tensor = y, shape: dict[str, int] = shape) -> Tensor:
+                """The logit-space vectors u with grad log p = J^T u (see PerExampleGradients)."""
                 p = log_p.exp()
-                contrib = torch.zeros_like(p[:, 0])
-                for c in range(num_classes):
-                    classes = torch.full_like(y, c, device=log_p.device)
-                    contrib = contrib + p[:, c] * grads.sq_norms(x, classes, num_classes)
+                shape["classes"] = int(p.shape[-1])
+                if kind is FisherKind.EMPIRICAL:
+                    labels = y.to(p.device).reshape(-1, 1)
+                elif kind is FisherKind.MC:
+                    gen_device = generator.device if generator is not None else torch.device("cpu")
+                    labels = torch.multinomial(
+                        p.to(gen_device, torch.float64),
+                        num_samples,
+                        replacement=True,
+                        generator=generator,
+                    ).to(p.device)
+                else:  # true: sum_c p_c ||J^T (e_c - p)||^2 = sum_c ||J^T sqrt(p_c)(e_c - p)||^2
+                    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+                    return p.sqrt().unsqueeze(-1) * (eye - p.unsqueeze(1))
+                one_hot = nn.functional.one_hot(labels, p.shape[-1]).to(p.dtype)
+                return one_hot - p.unsqueeze(1)
+
+            draws = grads.sq_norms_of(x, vectors)
+            num_classes = shape["classes"]
+            if kind is FisherKind.TRUE:
+                contrib = draws.sum(dim=1)
             else:
-                gen_device = generator.device if generator is not None else torch.device("cpu")
-                probs = log_p.exp().to(gen_device, torch.float64)
-                labels = torch.multinomial(
-                    probs, num_samples, replacement=True, generator=generator
-                )
-                draws = torch.stack(
-                    [
-                        grads.sq_norms(x, labels[:, j].to(log_p.device), num_classes)
-                        for j in range(num_samples)
-                    ],
-                    dim=1,
-                )
                 contrib = draws.mean(dim=1)
-                if num_samples > 1:
+                if kind is FisherKind.MC and num_samples > 1:
                     variance_sum += float(draws.var(dim=1, unbiased=True).sum()) / num_samples
             total += float(contrib.sum())
             per_example.append(contrib.detach().to("cpu", torch.float64))
@@ -988,4 +1003,6 @@ def fisher_trace(
         num_gradients=grads.num_gradients,
         num_parameters=grads.dim,
         stderr_kind=stderr_kind,
+        method=grads.method,
+        fallback_reason=grads.fallback_reason,
     )
