@@ -8,6 +8,8 @@ dimensions, frozen or missing parameters), plus the structures the engine must r
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -291,3 +293,16 @@ def test_fisher_trace_is_the_same_by_both_methods(kind: str) -> None:
     record = results["layerwise"].to_record()
     assert record["per_example_method"] == "layerwise" and record["per_example_fallback"] is None
     assert results["vmap"].to_record()["per_example_method"] == "vmap"
+
+
+def test_check_ignores_the_rounding_of_classes_with_negligible_probability() -> None:
+    """float32, logits 100 apart: p ~ 1e-44 (subnormal) for the unlikely classes."""
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, NUM_CLASSES))
+    with torch.no_grad():
+        model[2].bias.copy_(torch.tensor([0.0, -100.0, -100.0, -95.0]))
+    x = torch.randn(5, 5, generator=_gen(13))
+    y = torch.zeros(5, dtype=torch.long)
+    result = fisher_trace(model, (x, y), kind="true", method="layerwise")
+    assert result.method == "layerwise" and math.isfinite(result.value)
+    reference = fisher_trace(model.double(), (x.double(), y), kind="true", method="vmap")
+    assert result.value == pytest.approx(reference.value, rel=1e-4)
