@@ -110,6 +110,23 @@ def test_monte_carlo_fisher_and_power_method(tmp_path: Path) -> None:
     assert eig["method"] == "power" and eig["dtype"] == "float64"
 
 
+def test_per_example_method_is_chosen_and_recorded(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, noisy=False)
+    values = {}
+    for method in ("auto", "vmap"):
+        out = tmp_path / f"{method}.json"
+        result = _invoke(
+            [str(run / "checkpoint.pt"), "--metrics", "fisher-trace", "--per-example", method,
+             "--dtype", "float64", "--out", str(out), *FAST]
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        payload = json.loads(out.read_text())
+        (record,) = payload["records"]
+        assert payload["options"]["per_example"] == method
+        values[record["per_example_method"]] = record["value"]
+    assert values["layerwise"] == pytest.approx(values["vmap"], rel=1e-10)
+
+
 def test_eps_sharpness_is_delegated(tmp_path: Path) -> None:
     pytest.importorskip("robustkit.evaluate.perturb")
     run = _run_dir(tmp_path, noisy=False)

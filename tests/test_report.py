@@ -200,6 +200,7 @@ def build_fixture(
             "rtol": 0.01,
             "max_probes": 200,
             "fisher_samples": 0,
+            "per_example": "vmap",
             "rho": 0.05,
             "ball": "sam",
             "eps_steps": 10,
@@ -686,6 +687,7 @@ def test_evaluator_and_report_commands_parse(tmp_path):
     assert ctx.params["metrics"] == ",".join(options["metrics"])
     for key in ("num_examples", "top_k", "max_iters", "rtol", "rho", "seed", "dtype", "tol"):
         assert ctx.params[key] == options[key], key
+    assert ctx.params["per_example"] == "vmap"
     assert ctx.params["out"] == root / "sharpness.json"
 
     # without the files on disk the checkpoints are listed one by one

@@ -176,10 +176,13 @@ def _run_metric(
             num_samples=max(k, 1),
             generator=generator,
             batch_size=batch_size,
+            method=options["per_example"],
         )
         return result.to_record()
     if metric == "fisher-trace-empirical":
-        return fisher_trace(model, data, kind="empirical", batch_size=batch_size).to_record()
+        return fisher_trace(
+            model, data, kind="empirical", batch_size=batch_size, method=options["per_example"]
+        ).to_record()
     eps_sharpness = _eps_sharpness_function()
     record = eps_sharpness(
         model,
@@ -391,6 +394,14 @@ def _write(out: Path, records: list[dict[str, Any]], options: dict[str, Any]) ->
     help="fisher-trace: 0 = exact sum over classes; K >= 1 = Monte Carlo with K labels.",
 )
 @click.option(
+    "--per-example",
+    type=click.Choice(["auto", "layerwise", "vmap"]),
+    default="auto",
+    show_default=True,
+    help="Fisher traces: per-example gradient norms in closed form per layer (layerwise), by "
+    "vmap(grad), or layerwise where the model allows (auto). The record names the one used.",
+)
+@click.option(
     "--rho", type=float, default=0.05, show_default=True, help="eps-sharpness: ball radius."
 )
 @click.option(
@@ -436,6 +447,7 @@ def sharpness_command(
     rtol: float,
     max_probes: int,
     fisher_samples: int,
+    per_example: str,
     rho: float,
     ball: str,
     eps_steps: int,
@@ -496,6 +508,7 @@ def sharpness_command(
         "rtol": rtol,
         "max_probes": max_probes,
         "fisher_samples": fisher_samples,
+        "per_example": per_example,
         "rho": rho,
         "ball": ball,
         "eps_steps": eps_steps,

@@ -76,6 +76,7 @@ _SHARPNESS_OPTIONS = (
     ("rtol", "--rtol"),
     ("max_probes", "--max-probes"),
     ("fisher_samples", "--fisher-samples"),
+    ("per_example", "--per-example"),
     ("rho", "--rho"),
     ("ball", "--ball"),
     ("eps_steps", "--eps-steps"),
