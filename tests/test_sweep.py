@@ -505,6 +505,30 @@ def test_failed_and_diverged_runs_do_not_stop_the_sweep(tmp_path, monkeypatch):
     assert not (out / "sgd-symmetric0.4-seed0" / ERROR_FILE).exists()
 
 
+def test_a_killed_worker_fails_only_its_own_run(tmp_path):
+    """SIGKILL of one pool worker breaks the pool: the run in the other worker is retried
+    alone and finishes with the numbers of an in-process sweep; the culprit, killed again
+    alone, is recorded as failed."""
+    from tests.sweep_fixtures import sam_kills_its_worker, tiny
+
+    ref = run_sweep(tiny(), tmp_path / "ref", figures=False)
+    executor = LocalExecutor(2, cpus=2, gpus=[])
+    executor._target = sam_kills_its_worker
+    result = run_sweep(tiny(), tmp_path / "pool", executor=executor, figures=False)
+    status = {o.run_id: o.status for o in result.outcomes}
+    assert status == {"sam-symmetric0.4-seed0": "failed", "sgd-symmetric0.4-seed0": "completed"}
+    (failed,) = result.failed
+    assert "worker process died" in failed.error
+    assert "worker process died" in (tmp_path / "pool" / failed.run_id / ERROR_FILE).read_text()
+    ours = pd.read_csv(tmp_path / "pool" / "results.csv").set_index("run_id")
+    theirs = pd.read_csv(tmp_path / "ref" / "results.csv").set_index("run_id")
+    columns = ["final_test_acc", "best_test_acc", "train_acc_noisy", "train_acc_clean"]
+    sgd = "sgd-symmetric0.4-seed0"
+    assert ours.loc[sgd, columns].tolist() == theirs.loc[sgd, columns].tolist()
+    assert ours.loc[failed.run_id, "status"] == "failed"
+    assert {o.status for o in ref.outcomes} == {"completed"}
+
+
 def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
     import robustkit.train.trainer as trainer
 

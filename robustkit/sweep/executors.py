@@ -277,6 +277,8 @@ class LocalExecutor(Executor):
         self.step_hook = step_hook
         self.cpus = cpu_count() if cpus is None else cpus
         self._gpus = gpus
+        #: What a worker process runs for each task; a module-level function, so it pickles.
+        self._target: Callable[[RunTask], RunOutcome] = _run_in_worker
 
     def describe(self, tasks: Sequence[RunTask] = ()) -> str:
         """``2 workers x 1 thread`` (``, GPUs 0,1`` when pinned)."""
@@ -312,38 +314,74 @@ class LocalExecutor(Executor):
         return outcomes
 
     def _run_pool(self, tasks: Sequence[RunTask], on_done: OnDone) -> list[RunOutcome]:
+        """Runs in worker processes, longest first, recovering from workers that die.
+
+        A worker killed from outside (out of memory, a signal) breaks the whole pool, and
+        every run in flight is interrupted with it. Those runs are then retried one at a time
+        in a fresh single-worker pool (each resumes from its last epoch): a run whose worker
+        dies again, alone, is recorded as failed; the others finish. The runs not yet started
+        go on in a fresh pool of ``workers``.
+        """
+        outcomes: list[RunOutcome] = []
+        queue = longest_first(tasks)
+        while queue:
+            interrupted, queue = self._pool_pass(queue, self.workers, on_done, outcomes)
+            if len(interrupted) == 1:  # its worker died while it ran alone: that was the run
+                self._fail_dead_worker(interrupted[0], on_done, outcomes)
+                continue
+            for task in interrupted:
+                again, _ = self._pool_pass([task], 1, on_done, outcomes)
+                if again:
+                    self._fail_dead_worker(task, on_done, outcomes)
+        return outcomes
+
+    def _pool_pass(
+        self,
+        tasks: list[RunTask],
+        width: int,
+        on_done: OnDone,
+        outcomes: list[RunOutcome],
+    ) -> tuple[list[RunTask], list[RunTask]]:
+        """Run ``tasks``, at most ``width`` at once, in a fresh pool until done or broken.
+
+        Returns:
+            ``(interrupted, not_started)``: the runs in flight when a worker died, and those
+            never submitted; both empty when every run finished.
+        """
         import multiprocessing
 
-        if not tasks:
-            return []
         context = multiprocessing.get_context("spawn")
-        workers = min(self.workers, len(tasks))
+        width = min(width, len(tasks))
         slots = context.Queue()
-        for slot in range(workers):
+        for slot in range(width):
             slots.put(slot)
         pool = ProcessPoolExecutor(
-            max_workers=workers,
+            max_workers=width,
             mp_context=context,
             initializer=_init_worker,
             # Threads are shared out over the configured workers, not only the busy ones, so
             # the numbers a run gets do not depend on how many runs were left.
             initargs=(slots, self.workers, self.cpus, self._pinned_gpus(tasks)),
         )
-        outcomes: list[RunOutcome] = []
+        queue = list(tasks)
+        pending: dict[Future, RunTask] = {}
+        interrupted: list[RunTask] = []
         try:
-            pending: dict[Future, RunTask] = {
-                pool.submit(_run_in_worker, t): t for t in longest_first(tasks)
-            }
-            while pending:
+            while queue or pending:
+                # Submitting no more than there are workers keeps "in flight" = "running".
+                while queue and len(pending) < width and not interrupted:
+                    task = queue.pop(0)
+                    pending[pool.submit(self._target, task)] = task
+                if not pending:
+                    break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     task = pending.pop(future)
                     try:
                         outcome = future.result()
-                    except BrokenProcessPool as exc:
-                        message = f"worker process died ({exc or 'killed'}); rerun to retry"
-                        _record_failure(task, message)
-                        outcome = RunOutcome(task.run_id, "failed", None, message)
+                    except BrokenProcessPool:
+                        interrupted.append(task)
+                        continue
                     except Exception as exc:  # e.g. an unpicklable result: a bug, but go on
                         message = _one_line(exc)
                         _record_failure(task, message)
@@ -354,7 +392,17 @@ class LocalExecutor(Executor):
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        return outcomes
+        return interrupted, queue
+
+    def _fail_dead_worker(self, task: RunTask, on_done: OnDone, outcomes: list[RunOutcome]) -> None:
+        message = (
+            "worker process died while this run trained (killed from outside, e.g. out of "
+            "memory); rerun to retry, with fewer --workers if memory is short"
+        )
+        _record_failure(task, message)
+        outcome = RunOutcome(task.run_id, "failed", None, message)
+        outcomes.append(outcome)
+        on_done(outcome)
 
 
 def _record_failure(task: RunTask, message: str) -> None:
