@@ -12,7 +12,8 @@ Outcomes of a run:
 * ``skipped`` - already finished before this invocation.
 * ``failed`` - the run raised: the one-line error is recorded in ``<run>/error.txt`` (with the
   traceback) and in ``results.csv``, and the other runs go on. A failed run has no
-  ``result.json``, so the next invocation retries it.
+  ``result.json``, so the next invocation retries it. A pool worker killed from outside (out
+  of memory) fails its own run only: the runs interrupted with it are retried one at a time.
 
 The local executor runs ``workers`` runs at once in a ``spawn`` process pool (``workers=1``
 runs them one after another in this process; ``auto``, the default, is one worker per visible
