@@ -235,3 +235,31 @@ def test_cli_refuses_ray_options_without_the_ray_executor(tmp_path):
     assert result.exit_code == 2
     assert "--ray-address is an option of --executor ray" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_an_unreachable_cluster_address_fails_in_seconds(tmp_path):
+    import socket
+    import time
+
+    from robustkit.sweep.ray_executor import check_reachable
+
+    pytest.importorskip("ray", reason="ray not installed (pip install 'robustkit[ray]')")
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.perf_counter()
+    result = CliRunner().invoke(
+        main,
+        ["noise-sweep", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--out",
+         str(tmp_path / "sweep"), "--optimizers", "sgd", "--rates", "0.4"],
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert f"nothing answers at 127.0.0.1:{port}" in result.output
+    assert time.perf_counter() - start < 30
+    with pytest.raises(ValueError, match="port must be a number"):
+        check_reachable("ray://head:port")
+    check_reachable("auto")  # left to Ray
+    with socket.socket() as server:  # something listening: no error
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")

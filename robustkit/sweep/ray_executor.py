@@ -49,7 +49,7 @@ from robustkit.io import atomic_write, atomic_write_text
 from robustkit.sweep.executors import Executor, OnDone, RunOutcome, longest_first, run_task
 from robustkit.sweep.grid import ERROR_FILE, RunTask
 
-__all__ = ["RayExecutor", "import_ray", "read_run_files", "write_run_files"]
+__all__ = ["RayExecutor", "check_reachable", "import_ray", "read_run_files", "write_run_files"]
 
 #: Written last when files are shipped back: its presence marks a finished run.
 _RESULT = "result.json"
@@ -132,6 +132,41 @@ def _ray_task(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: Seconds to wait for a TCP connection to a cluster address before giving up.
+CONNECT_TIMEOUT = 10.0
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast when nothing listens at a ``HOST:PORT`` or ``ray://HOST:PORT`` address.
+
+    ``ray.init`` retries an unreachable address for minutes before it gives up; one TCP
+    connection tells in seconds. ``auto`` and addresses without a port are left to Ray.
+
+    Raises:
+        ValueError: The port is not a number, or the connection is refused or times out.
+    """
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port_text = target.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bad Ray address {address!r}: the port must be a number") from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(
+            f"could not join the Ray cluster at {address}: nothing answers at {host}:{port} "
+            f"({reason})"
+        ) from None
+
+
 class RayExecutor(Executor):
     """Runs each run of a sweep as a Ray task; see the module docstring.
 
@@ -192,6 +227,8 @@ class RayExecutor(Executor):
         if self.address is None and self.num_cpus is not None:
             options["num_cpus"] = self.num_cpus
         options.update(self.init_options)
+        if self.address is not None:
+            check_reachable(self.address)
         try:
             ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
