@@ -113,7 +113,7 @@ def first_within(history: list[tuple[int, float, float]], reference: float, rel:
     return None
 
 
-def eigen_benchmark(model: nn.Module, x, y, args) -> None:
+def eigen_benchmark(model: nn.Module, x, y, args) -> dict[str, str]:
     def fresh_op() -> LossHessian:
         return LossHessian(model, F.cross_entropy, (x, y), batch_size=args.batch_size)
 
@@ -211,8 +211,10 @@ def eigen_benchmark(model: nn.Module, x, y, args) -> None:
         f"{'power: PyHessian stop (tol 1e-3, max 100)':<42}{p_iters:>6}{p_seconds:>10.1f}"
         f"   its rel. error {p_error:.2e}, stopped by the rule={p_converged}"
     )
+    summary = {}
     if l_reach and p_reach:
         print(f"HVP ratio lanczos/power (first within {rel:g}): {l_reach[0] / p_reach[0]:.2f}")
+        summary["lanczos/power HVPs"] = f"{l_reach[0]}/{p_reach[0]}={l_reach[0] / p_reach[0]:.2f}"
     if l_reach:
         print(f"HVP ratio lanczos(first within)/power(PyHessian stop): {l_reach[0] / p_iters:.2f}")
     if lanczos_stop_rule:
@@ -220,6 +222,7 @@ def eigen_benchmark(model: nn.Module, x, y, args) -> None:
             "HVP ratio lanczos(own rule)/power(PyHessian stop): "
             f"{lanczos_stop_rule[0][0] / p_iters:.2f}   (target <= 0.5)"
         )
+    return summary
 
 
 def true_fisher_loop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +248,7 @@ def _timed(fn):
     return value, time.perf_counter() - start
 
 
-def fisher_benchmark(model: nn.Module, x, y, num_classes: int, args) -> None:
+def fisher_benchmark(model: nn.Module, x, y, num_classes: int, args) -> dict[str, str]:
     n = min(args.fisher_examples, x.shape[0])
     xs, ys = x[:n], y[:n]
     data = (xs, ys)
@@ -254,6 +257,7 @@ def fisher_benchmark(model: nn.Module, x, y, num_classes: int, args) -> None:
     methods = ("layerwise", "vmap")
     print(f"\n== Fisher traces on {n} examples, batches of {batch} ==")
     print(f"{'':<34}{'seconds':>9}{'tr F':>14}{'loop / this':>13}")
+    summary = {}
     for kind in ("empirical", "true"):
         if kind == "true" and args.skip_true_fisher:
             continue
@@ -273,12 +277,14 @@ def fisher_benchmark(model: nn.Module, x, y, num_classes: int, args) -> None:
                 f"{kind + ', ' + result.method:<34}{seconds:>9.2f}{result.value:>14.6g}"
                 f"{t_loop_all / seconds:>12.1f}x"
             )
+            summary[f"{kind} {result.method}"] = f"{t_loop_all / seconds:.1f}x"
         note = "" if loop_n == n else f" ({loop_n} examples timed, scaled to {n})"
         loop_value = float(loop.mean())
         print(
             f"{kind + ', python loop':<34}{t_loop_all:>9.2f}{loop_value:>14.6g}{1.0:>12.1f}x{note}"
         )
     print("target: vectorised Fisher trace >= 5x faster than the loop")
+    return summary
 
 
 def main() -> None:
@@ -338,11 +344,14 @@ def main() -> None:
     model = model.to(device)
     x, y = x.to(device), y.to(device)
     total = time.perf_counter()
+    summary: dict[str, str] = {}
     if not args.skip_eigen:
-        eigen_benchmark(model, x, y, args)
+        summary.update(eigen_benchmark(model, x, y, args))
     if not args.skip_fisher:
-        fisher_benchmark(copy.deepcopy(model), x, y, num_classes, args)
+        fisher = fisher_benchmark(copy.deepcopy(model), x, y, num_classes, args)
+        summary.update({f"loop/{k}": v for k, v in fisher.items()})
     print(f"\ntotal {time.perf_counter() - total:.0f} s")
+    print("summary: " + "; ".join(f"{k} {v}" for k, v in summary.items()))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ if [[ "$MODE" == gpu ]]; then
         "bench_optim|45|$PYTHON benchmarks/bench_optim.py --device cuda --batch-size 128 --repeats 30 --warmup 5"
         "bench_train|60|$PYTHON benchmarks/bench_train.py --device cuda --num-train 10000 --batch-size 128 --num-workers 4"
         "bench_perturb|75|$PYTHON benchmarks/bench_perturb.py --device cuda --model resnet20 --num-images 2000 --batch-size 1000 --steps 10 --magnitudes 0.01,0.02,0.05 --random-trials 2"
-        "bench_sharpness|90|$PYTHON benchmarks/bench_sharpness.py --device cuda --model resnet20 --num-examples 1000 --fisher-examples 256 --fisher-batch 64 --threads 4"
+        "bench_sharpness|105|$PYTHON benchmarks/bench_sharpness.py --device cuda --model resnet20 --num-examples 1000 --fisher-examples 1000 --fisher-batch 250 --loop-examples 100 --threads 4"
     )
 else
     DEVICE=cpu
@@ -45,7 +45,7 @@ else
         "bench_optim|120|$PYTHON benchmarks/bench_optim.py --device cpu --batch-size 8 --repeats 2 --warmup 1"
         "bench_train|120|$PYTHON benchmarks/bench_train.py --device cpu --num-train 256 --batch-size 64 --num-workers 0"
         "bench_perturb|120|$PYTHON benchmarks/bench_perturb.py --device cpu --num-images 64 --batch-size 64 --steps 2 --magnitudes 0.01 --random-trials 1"
-        "bench_sharpness|180|$PYTHON benchmarks/bench_sharpness.py --device cpu --num-examples 16 --batch-size 16 --fisher-examples 8 --fisher-batch 4 --ref-max-iters 10 --threads 1"
+        "bench_sharpness|180|$PYTHON benchmarks/bench_sharpness.py --device cpu --num-examples 16 --batch-size 16 --fisher-examples 8 --fisher-batch 4 --loop-examples 2 --ref-max-iters 10 --threads 1"
     )
 fi
 
@@ -80,7 +80,7 @@ for step in "${STEPS[@]}"; do
     names+=("$name")
     statuses+=("$status")
     seconds+=("$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')")
-    closing+=("$(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c 1-90)")
+    closing+=("$(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c 1-160)")
 done
 
 echo

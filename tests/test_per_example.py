@@ -306,3 +306,12 @@ def test_check_ignores_the_rounding_of_classes_with_negligible_probability() -> 
     assert result.method == "layerwise" and math.isfinite(result.value)
     reference = fisher_trace(model.double(), (x.double(), y), kind="true", method="vmap")
     assert result.value == pytest.approx(reference.value, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_layerwise_on_gpu_matches_cpu() -> None:
+    model = _randomise(conv2d_net(), seed=14)
+    x, u = _data((3, 9, 9)), _vectors(7, 2)
+    cpu = LayerwiseSqNorms(FlatModel(model))(x, lambda log_p: u)
+    gpu = LayerwiseSqNorms(FlatModel(model.cuda()))(x.cuda(), lambda log_p: u.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=0)
