@@ -126,8 +126,16 @@ def loop_sq_norms(model: nn.Module, x: torch.Tensor, vectors: torch.Tensor) -> t
     return out
 
 
+@pytest.fixture(params=["offsets", "vmap"])
+def conv_path(request, monkeypatch) -> str:
+    """Every convolution through one of the two per-example weight-gradient paths."""
+    limit = 10**9 if request.param == "offsets" else 0
+    monkeypatch.setattr(per_example, "OFFSETS_MAX_POSITIONS", limit)
+    return request.param
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_layerwise_matches_autograd_per_example(name: str) -> None:
+def test_layerwise_matches_autograd_per_example(name: str, conv_path: str) -> None:
     build, shape = CASES[name]
     model = _randomise(build(), seed=1)
     x, u = _data(shape), _vectors(7, 3)
@@ -150,7 +158,7 @@ def test_frozen_and_missing_parameters_are_left_out() -> None:
     torch.testing.assert_close(fast, loop_sq_norms(model, x, u), rtol=RTOL_EXACT, atol=0)
 
 
-def test_small_chunks_give_the_same_norms(monkeypatch) -> None:
+def test_small_chunks_give_the_same_norms(monkeypatch, conv_path: str) -> None:
     model = _randomise(conv2d_net(), seed=5)
     x, u = _data((3, 9, 9)), _vectors(7, 1)
     whole = LayerwiseSqNorms(FlatModel(model))(x, lambda log_p: u)

@@ -38,6 +38,7 @@ plain autograd on that example alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,9 @@ __all__ = ["LayerwiseSqNorms", "UnsupportedModel", "unsupported_reason"]
 #: Elements of the per-example weight gradients (or input patches) held at once per layer;
 #: larger layers are processed in chunks of examples.
 CHUNK_ELEMENTS = 1 << 24
+#: Convolutions with at most this many output positions use one matrix product per kernel
+#: offset rather than ``vmap`` over the convolution backward (see _conv_weight_sq_norms).
+OFFSETS_MAX_POSITIONS = 128
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -284,11 +288,70 @@ def _sum_of_outer_sq_norms(g: Tensor, a: Tensor) -> Tensor:
 
 
 def _conv_weight_sq_norms(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
-    """Per-example conv weight gradients by ``vmap`` over ATen's weight-only conv backward.
+    """Per-example squared norms of a convolution's weight gradient.
 
-    Its batching rule computes all examples' weight gradients in one grouped convolution,
-    about as fast as the batch's ordinary weight gradient; examples are processed in chunks
-    of at most :data:`CHUNK_ELEMENTS` gradient entries.
+    Small output maps (at most :data:`OFFSETS_MAX_POSITIONS` positions, 1-D and 2-D) go
+    through :func:`_conv_offsets_sq_norms`, larger ones through
+    :func:`_conv_vmap_sq_norms`: on CPU the first is about 3x faster on 8x8 maps and the
+    second about 2x faster on 16x16 and 32x32 maps (ResNet-20, 250 examples). Both are exact.
+    """
+    positions = math.prod(g.shape[2:])
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and positions <= OFFSETS_MAX_POSITIONS:
+        return _conv_offsets_sq_norms(module, a, g)
+    return _conv_vmap_sq_norms(module, a, g)
+
+
+def _conv_offsets_sq_norms(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """One batched matrix product per kernel offset.
+
+    For kernel offset ``(i, j)`` the example's gradient ``W[:, :, i, j]`` is ``G_n S_n^T``
+    with ``G_n`` its output gradient ``(C_out, P)`` and ``S_n`` the input seen through that
+    offset ``(C_in, P)`` (a strided slice of the padded input), per group; the squared norm
+    of the whole gradient is the sum over offsets.
+    """
+    if isinstance(module, nn.Conv1d):
+        a, g = a.unsqueeze(2), g.unsqueeze(2)
+        kernel, stride, dilation = (
+            (1, *module.kernel_size),
+            (1, *module.stride),
+            (1, *module.dilation),
+        )
+        padding = (0, 0 if isinstance(module.padding, str) else module.padding[0])
+    else:
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+        padding = (0, 0) if isinstance(module.padding, str) else module.padding
+    batch, c_in = a.shape[:2]
+    c_out, h_out, w_out = g.shape[1:]
+    groups = module.groups
+    positions = h_out * w_out
+    per_example = c_out * (c_in // groups) + c_in * positions
+    chunk = max(1, CHUNK_ELEMENTS // per_example)
+    out = []
+    for start in range(0, batch, chunk):
+        padded = F.pad(a[start : start + chunk], (padding[1], padding[1], padding[0], padding[0]))
+        n = padded.shape[0]
+        grads = g[start : start + chunk].reshape(n, groups, c_out // groups, positions)
+        total = torch.zeros(n, dtype=g.dtype, device=g.device)
+        for i in range(kernel[0]):
+            top = i * dilation[0]
+            for j in range(kernel[1]):
+                left = j * dilation[1]
+                seen = padded[
+                    :,
+                    :,
+                    top : top + stride[0] * (h_out - 1) + 1 : stride[0],
+                    left : left + stride[1] * (w_out - 1) + 1 : stride[1],
+                ].reshape(n, groups, c_in // groups, positions)
+                total += (grads @ seen.transpose(-1, -2)).pow(2).sum((1, 2, 3))
+        out.append(total)
+    return torch.cat(out)
+
+
+def _conv_vmap_sq_norms(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+    """``vmap`` over ATen's weight-only convolution backward (any conv dimension).
+
+    Its batching rule computes all examples' weight gradients in one grouped convolution;
+    examples are processed in chunks of at most :data:`CHUNK_ELEMENTS` gradient entries.
     """
     weight = torch.empty(module.weight.shape, dtype=a.dtype, device=a.device)
     dims = weight.dim() - 2
