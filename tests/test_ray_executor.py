@@ -237,13 +237,20 @@ def test_cli_refuses_ray_options_without_the_ray_executor(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_an_unreachable_cluster_address_fails_in_seconds(tmp_path):
+def test_an_unreachable_cluster_address_fails_in_seconds(tmp_path, monkeypatch):
     import socket
     import time
 
     from robustkit.sweep.ray_executor import check_reachable
 
-    pytest.importorskip("ray", reason="ray not installed (pip install 'robustkit[ray]')")
+    ray = pytest.importorskip("ray", reason="ray not installed (pip install 'robustkit[ray]')")
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("ray.init must not be reached with an unreachable address")
+
+    # As in a fresh process (another test module may have started Ray in this one).
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_init)
     with socket.socket() as sock:  # a port nothing listens on once closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
