@@ -323,3 +323,17 @@ def test_layerwise_on_gpu_matches_cpu() -> None:
     cpu = LayerwiseSqNorms(FlatModel(model))(x, lambda log_p: u)
     gpu = LayerwiseSqNorms(FlatModel(model.cuda()))(x.cuda(), lambda log_p: u.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=0)
+
+
+def test_a_fallback_at_the_check_keeps_the_sampled_labels() -> None:
+    """Monte Carlo: auto (layerwise, refused by its first-example check) draws the same labels
+    as vmap from the start, so the two give the same estimate from the same generator state."""
+    model = _randomise(ReusedWeight(), seed=15)
+    x = _data((5,), n=9)
+    y = torch.randint(0, NUM_CLASSES, (9,), generator=_gen(16))
+    kwargs = {"kind": "mc", "num_samples": 3, "batch_size": 4}
+    auto = fisher_trace(model, (x, y), generator=_gen(17), **kwargs)
+    vmapped = fisher_trace(model, (x, y), generator=_gen(17), method="vmap", **kwargs)
+    assert auto.method == "vmap" and "used outside its layer" in auto.fallback_reason
+    assert auto.value == pytest.approx(vmapped.value, rel=RTOL_EXACT)
+    assert auto.stderr == pytest.approx(vmapped.stderr, rel=1e-8)

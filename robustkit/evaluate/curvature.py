@@ -412,6 +412,7 @@ class PerExampleGradients:
         """
         from robustkit.evaluate.per_example import UnsupportedModel
 
+        vectors = None
         if self._layerwise is not None:
             try:
                 out = self._layerwise(x, make_vectors)
@@ -419,10 +420,12 @@ class PerExampleGradients:
                 if self.requested == "layerwise":
                     raise ValueError(f"per-example method 'layerwise': {exc}") from None
                 self._layerwise, self.fallback_reason = None, str(exc)
+                vectors = exc.vectors  # this batch's vectors, if they were made already
             else:
                 self.num_gradients += int(out.numel())
                 return out
-        vectors = make_vectors(self.log_probs(x))
+        if vectors is None:
+            vectors = make_vectors(self.log_probs(x))
         x = self.flat.to_input(x)
         params = self.flat.unflatten(self.flat.theta.detach())
         columns = []

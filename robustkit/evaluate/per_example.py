@@ -63,7 +63,14 @@ _SUPPORTED = (nn.Linear, *_CONVS, *_NORMS)
 
 
 class UnsupportedModel(ValueError):
-    """The model has a layer or structure the closed forms do not cover."""
+    """The model has a layer or structure the closed forms do not cover.
+
+    Attributes:
+        vectors: When raised by the first-batch check, the ``(B, K, C)`` vectors that batch
+            was given (else None).
+    """
+
+    vectors: Tensor | None = None
 
 
 def _layer_problem(module: nn.Module) -> str | None:
@@ -140,7 +147,13 @@ class LayerwiseSqNorms:
         """
         out, vectors = self._compute(x, make_vectors)
         if not self.checked:
-            self._check_first_example(x[:1], vectors[:1], out[0])
+            try:
+                self._check_first_example(x[:1], vectors[:1], out[0])
+            except UnsupportedModel as exc:
+                # A fallback reuses these rather than calling make_vectors again (Monte
+                # Carlo vectors come from a generator: a second call would draw new ones).
+                exc.vectors = vectors
+                raise
             self.checked = True
         return out
 
