@@ -21,15 +21,16 @@ Dangel, Kunstner & Hennig, ICLR 2020):
   \\|g_n\\|^2 \\|a_n\\|^2`; with extra (sequence) dimensions :math:`\\nabla W_n =
   \\sum_t g_{n,t} a_{n,t}^\\top`.
 * ``Conv1d``/``2d``/``3d``: the same sum over output positions with :math:`a_{n,t}` the
-  input patch, computed by ``vmap`` over ATen's weight-only convolution backward (one
-  grouped convolution for the batch).
+  input patch; on small maps one batched matrix product per kernel offset, on large maps
+  ``vmap`` over ATen's weight-only convolution backward (one grouped convolution for the
+  batch); see :func:`_conv_weight_sq_norms`.
 * ``BatchNorm`` in eval mode, ``LayerNorm``, ``GroupNorm``: :math:`\\nabla\\gamma_n =
   \\sum g_n \\odot \\hat a_n` and :math:`\\nabla\\beta_n = \\sum g_n` over the positions
   sharing a parameter, with :math:`\\hat a_n` the normalised input.
 
 Backward passes compute no weight gradients at all (autograd skips them when only the
-outputs' gradients are asked for), so the cost is about one batched forward and ``K``
-batched backward passes. The layer-wise sum is exact when each example's outputs depend on
+outputs' gradients are asked for), so the cost is one batched forward and ``K`` batched
+backward passes plus the per-example weight-gradient products. The layer-wise sum is exact when each example's outputs depend on
 that example alone and every parameter is used once per forward; :class:`LayerwiseSqNorms`
 refuses models with other parameterised layers or shared weights (see
 :func:`unsupported_reason`), and on its first batch compares the first example's norms with
