@@ -30,11 +30,11 @@ Dangel, Kunstner & Hennig, ICLR 2020):
 
 Backward passes compute no weight gradients at all (autograd skips them when only the
 outputs' gradients are asked for), so the cost is one batched forward and ``K`` batched
-backward passes plus the per-example weight-gradient products. The layer-wise sum is exact when each example's outputs depend on
-that example alone and every parameter is used once per forward; :class:`LayerwiseSqNorms`
-refuses models with other parameterised layers or shared weights (see
-:func:`unsupported_reason`), and on its first batch compares the first example's norms with
-plain autograd on that example alone.
+backward passes plus the per-example weight-gradient products. The layer-wise sum is exact
+when each example's outputs depend on that example alone and every parameter is used once
+per forward; :class:`LayerwiseSqNorms` refuses models with other parameterised layers or
+shared weights (see :func:`unsupported_reason`), and on its first batch compares the first
+example's norms with plain autograd on that example alone.
 """
 
 from __future__ import annotations
