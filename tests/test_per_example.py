@@ -337,3 +337,20 @@ def test_a_fallback_at_the_check_keeps_the_sampled_labels() -> None:
     assert auto.method == "vmap" and "used outside its layer" in auto.fallback_reason
     assert auto.value == pytest.approx(vmapped.value, rel=RTOL_EXACT)
     assert auto.stderr == pytest.approx(vmapped.stderr, rel=1e-8)
+
+
+def test_trainable_layers_that_take_no_part_give_zero() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spare = nn.Linear(5, 5)  # trainable, never called
+            self.fixed = nn.Linear(5, NUM_CLASSES).requires_grad_(False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fixed(x)
+
+    model = _randomise(Unused(), seed=18)
+    model.fixed.requires_grad_(False)
+    x, u = _data((5,)), _vectors(7, 2)
+    fast = LayerwiseSqNorms(FlatModel(model))(x, lambda log_p: u)
+    assert torch.equal(fast, torch.zeros(7, 2, dtype=torch.float64))

@@ -169,16 +169,17 @@ class LayerwiseSqNorms:
         theta = flat.theta.detach().clone().requires_grad_(True)
         with eval_mode(flat.model), torch.enable_grad():
             logits = flat(flat.unflatten(theta), flat.to_input(x))
-            exact = torch.stack(
-                [
-                    torch.autograd.grad(
-                        logits, theta, vectors[:, j].to(logits.dtype), retain_graph=True
-                    )[0]
-                    .pow(2)
-                    .sum()
-                    for j in range(vectors.shape[1])
-                ]
-            )
+            exact = torch.zeros(vectors.shape[1], dtype=flat.dtype, device=flat.device)
+            for j in range(vectors.shape[1] if logits.requires_grad else 0):
+                (g,) = torch.autograd.grad(
+                    logits,
+                    theta,
+                    vectors[:, j].to(logits.dtype),
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+                if g is not None:
+                    exact[j] = g.pow(2).sum()
         # Every vector's norm is compared at the scale of the largest: a class with a tiny
         # probability has a tiny norm whose relative rounding error means nothing.
         low = flat.dtype in (torch.float16, torch.bfloat16, torch.float32)
@@ -229,6 +230,8 @@ class LayerwiseSqNorms:
         batch, k = vectors.shape[0], vectors.shape[1]
         result = torch.zeros(batch, k, dtype=flat.dtype, device=flat.device)
         outputs = [rec[1] for _, _, _, rec in used]
+        if not outputs or not logits.requires_grad:  # no trainable layer took part: all zero
+            return result, vectors
         for j in range(k):
             grads = torch.autograd.grad(
                 logits,
