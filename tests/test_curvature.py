@@ -275,7 +275,7 @@ def test_per_example_sq_norms_match_a_loop(name: str) -> None:
     model = MODELS[name]()
     x, y = tiny_data(12)
     before = snapshot(model)
-    fast = PerExampleGradients(model).sq_norms(x, y, NUM_CLASSES)
+    fast = PerExampleGradients(model).sq_norms(x, y)
     slow = per_example_log_prob_sq_norms_loop(model, x, y)
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=ATOL_EXACT)
     assert_unchanged(model, before)
@@ -285,7 +285,7 @@ def test_per_example_gradients_equal_cross_entropy_gradients() -> None:
     """``∇ log p(y|x) = -∇ CE(f(x), y)``, checked against autograd on one example."""
     model = tiny_mlp()
     x, y = tiny_data(3)
-    fast = PerExampleGradients(model).sq_norms(x, y, NUM_CLASSES)
+    fast = PerExampleGradients(model).sq_norms(x, y)
     for n in range(3):
         loss = F.cross_entropy(model(x[n : n + 1]), y[n : n + 1])
         g = torch.autograd.grad(loss, list(model.parameters()))

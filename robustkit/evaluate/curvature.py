@@ -436,7 +436,7 @@ class PerExampleGradients:
         self.num_gradients += int(vectors.shape[0] * vectors.shape[1])
         return torch.stack(columns, dim=1)
 
-    def sq_norms(self, x: Tensor, classes: Tensor, num_classes: int | None = None) -> Tensor:
+    def sq_norms(self, x: Tensor, classes: Tensor) -> Tensor:
         r"""``(B,)`` squared norms :math:`\|\nabla_\theta \log p(c_n \mid x_n)\|^2`."""
         classes = classes.to(self.flat.device)
 
