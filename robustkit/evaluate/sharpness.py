@@ -885,6 +885,32 @@ def hessian_trace(
     )
 
 
+def _fisher_vectors(
+    kind: FisherKind,
+    p: Tensor,
+    y: Tensor,
+    num_samples: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The ``(B, K, C)`` logit-space vectors ``u`` with ``grad log p = J^T u`` for ``kind``.
+
+    Empirical: ``e_y - p``; Monte Carlo: ``e_c - p`` for ``num_samples`` classes drawn from
+    ``p``; true: ``sqrt(p_c) (e_c - p)`` for every class ``c``, so that the sum of the squared
+    norms is ``sum_c p_c ||J^T (e_c - p)||^2``.
+    """
+    if kind is FisherKind.TRUE:
+        eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+        return p.sqrt().unsqueeze(-1) * (eye - p.unsqueeze(1))
+    if kind is FisherKind.EMPIRICAL:
+        labels = y.to(p.device).reshape(-1, 1)
+    else:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        labels = torch.multinomial(
+            p.to(gen_device, torch.float64), num_samples, replacement=True, generator=generator
+        ).to(p.device)
+    return nn.functional.one_hot(labels, p.shape[-1]).to(p.dtype) - p.unsqueeze(1)
+
+
 def fisher_trace(
     model: nn.Module,
     data: DataLike,
@@ -951,30 +977,13 @@ def fisher_trace(
     num_classes = 0
     with eval_mode(model):
         for x, y in batches:
-            shape: dict[str, int] = {}
 
-            def vectors(log_p: Tensor, y: Tensor = y, shape: dict[str, int] = shape) -> Tensor:
-                """The logit-space vectors u with grad log p = J^T u (see PerExampleGradients)."""
-                p = log_p.exp()
-                shape["classes"] = int(p.shape[-1])
-                if kind is FisherKind.EMPIRICAL:
-                    labels = y.to(p.device).reshape(-1, 1)
-                elif kind is FisherKind.MC:
-                    gen_device = generator.device if generator is not None else torch.device("cpu")
-                    labels = torch.multinomial(
-                        p.to(gen_device, torch.float64),
-                        num_samples,
-                        replacement=True,
-                        generator=generator,
-                    ).to(p.device)
-                else:  # true: sum_c p_c ||J^T (e_c - p)||^2 = sum_c ||J^T sqrt(p_c)(e_c - p)||^2
-                    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-                    return p.sqrt().unsqueeze(-1) * (eye - p.unsqueeze(1))
-                one_hot = nn.functional.one_hot(labels, p.shape[-1]).to(p.dtype)
-                return one_hot - p.unsqueeze(1)
+            def vectors(log_p: Tensor, y: Tensor = y) -> Tensor:
+                nonlocal num_classes
+                num_classes = int(log_p.shape[-1])
+                return _fisher_vectors(kind, log_p.exp(), y, num_samples, generator)
 
             draws = grads.sq_norms_of(x, vectors)
-            num_classes = shape["classes"]
             if kind is FisherKind.TRUE:
                 contrib = draws.sum(dim=1)
             else:
